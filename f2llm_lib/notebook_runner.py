@@ -1,0 +1,192 @@
+"""Run notebooks headless with papermill, under a named profile of checked parameters.
+
+papermill injects whatever parameters it is given, so a misspelt key silently leaves the default in place.
+This runner reads each notebook's cell tagged ``parameters`` and rejects unknown names and wrong types
+before any kernel starts. Profiles live in ``ci/params/<profile>/<notebook stem>.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime as dt
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import yaml
+
+from .paths import REPO_ROOT
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+PARAMS_DIR = REPO_ROOT / "ci" / "params"
+RUNS_DIR = REPO_ROOT / "runs"
+PROFILES = ("smoke", "cpu", "gpu")
+KERNEL_NAME = "f2llm"
+# Set by the runner itself on every run; a notebook must declare it in its parameters cell.
+RUNNER_PARAMETERS = ("OUTPUT_DIR",)
+
+
+class NotebookParameterError(ValueError):
+    """A profile names a parameter the notebook does not have, or gives it a wrong type."""
+
+
+class NotebookRunError(RuntimeError):
+    """A notebook failed; the message names the notebook and the cell."""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    default: Any
+    type_name: str
+
+
+def read_parameters(notebook: Path) -> dict[str, Parameter]:
+    """The names, defaults and types declared in the notebook's single cell tagged ``parameters``."""
+    nb = nbformat.read(notebook, as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise NotebookParameterError(f"{notebook}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+    params: dict[str, Parameter] = {}
+    for node in ast.parse(cells[0].source).body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            name, value, annotation = node.target.id, node.value, ast.unparse(node.annotation)
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name, value, annotation = node.targets[0].id, node.value, None
+        else:
+            continue
+        try:
+            default = ast.literal_eval(value)
+        except ValueError as exc:
+            raise NotebookParameterError(f"{notebook}: parameter {name} must have a literal default") from exc
+        params[name] = Parameter(name, default, annotation or type(default).__name__)
+    return params
+
+
+def _type_ok(value: Any, type_name: str) -> bool:
+    expected = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}.get(type_name)
+    if expected is None:
+        return True  # lists, dicts and optional types are not checked beyond being YAML literals
+    if isinstance(value, bool) and type_name != "bool":
+        return False  # bool is an int subclass; True for an int parameter is almost surely a mistake
+    return isinstance(value, expected)
+
+
+def validate_parameters(notebook: Path, values: dict[str, Any], source: str = "parameters") -> dict[str, Any]:
+    """Check ``values`` against the notebook's declared parameters; raise naming the notebook and the key."""
+    declared = read_parameters(notebook)
+    for key, value in values.items():
+        if key not in declared:
+            close = [n for n in declared if n.lower() == key.lower() or n.lower().startswith(key.lower()[:4])]
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise NotebookParameterError(
+                f"{notebook.name}: unknown parameter {key!r} (from {source}).{hint} "
+                f"Known parameters: {', '.join(sorted(declared))}."
+            )
+        param = declared[key]
+        if not _type_ok(value, param.type_name):
+            raise NotebookParameterError(
+                f"{notebook.name}: parameter {key!r} (from {source}) must be {param.type_name}, "
+                f"got {type(value).__name__} {value!r}."
+            )
+    return values
+
+
+def load_profile(profile: str, notebook: Path) -> dict[str, Any]:
+    """The profile's parameters for one notebook (an absent file means: the notebook's defaults)."""
+    folder = PARAMS_DIR / profile
+    if not folder.is_dir():
+        raise NotebookParameterError(f"unknown profile {profile!r}: no folder {folder}. Profiles: {PROFILES}")
+    path = folder / f"{notebook.stem}.yaml"
+    if not path.exists():
+        return {}
+    with path.open(encoding="utf-8") as handle:
+        values = yaml.safe_load(handle) or {}
+    if not isinstance(values, dict):
+        raise NotebookParameterError(f"{path}: expected a mapping of parameter names to values")
+    source = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+    return validate_parameters(notebook, values, source=str(source))
+
+
+def _failure_message(notebook: Path, executed: Path, exc: Exception) -> str:
+    """Name the failing cell by its index in the source notebook (papermill adds cells to the copy)."""
+    cell_info = "an unknown cell"
+    try:
+        source_ids = [cell.get("id") for cell in nbformat.read(notebook, as_version=4).cells]
+        for index, cell in enumerate(nbformat.read(executed, as_version=4).cells):
+            if cell.get("metadata", {}).get("papermill", {}).get("exception"):
+                source_index = source_ids.index(cell.get("id")) if cell.get("id") in source_ids else index
+                first_line = (cell.source.splitlines() or [""])[0][:80]
+                cell_info = f"cell {source_index} ({first_line!r})"
+                break
+    except Exception:  # the executed copy may not exist when the kernel never started
+        pass
+    reason = getattr(exc, "ename", type(exc).__name__) + ": " + str(getattr(exc, "evalue", exc)).splitlines()[0]
+    return f"{notebook.name} failed at {cell_info}: {reason}. Executed copy: {executed}"
+
+
+def run_notebook(notebook: Path, output_dir: Path, parameters: dict[str, Any], *, cell_timeout: int = 600,
+                 kernel_name: str = KERNEL_NAME) -> Path:
+    """Execute one notebook into ``output_dir``; return the executed copy's path."""
+    import papermill
+
+    notebook = notebook.resolve()
+    work_dir = output_dir / notebook.stem
+    work_dir.mkdir(parents=True, exist_ok=True)
+    params = {**validate_parameters(notebook, parameters), "OUTPUT_DIR": str(work_dir)}
+    validate_parameters(notebook, {"OUTPUT_DIR": str(work_dir)}, source="the runner")
+    executed = output_dir / notebook.name
+    try:
+        papermill.execute_notebook(
+            str(notebook), str(executed), parameters=params, kernel_name=kernel_name,
+            execution_timeout=cell_timeout, cwd=str(notebook.parent), progress_bar=False, log_output=True,
+        )
+    except Exception as exc:
+        raise NotebookRunError(_failure_message(notebook, executed, exc)) from exc
+    return executed
+
+
+def all_notebooks() -> list[Path]:
+    return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def run_profile(profile: str, notebooks: list[Path] | None = None, run_dir: Path | None = None,
+                cell_timeout: int = 600, kernel_name: str = KERNEL_NAME) -> Path:
+    """Run notebooks in order with a profile; return the run folder. Validates all profiles first."""
+    notebooks = notebooks or all_notebooks()
+    params = {nb: load_profile(profile, nb) for nb in notebooks}  # fail on a typo before anything runs
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = run_dir or RUNS_DIR / f"{stamp}-{profile}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    for nb in notebooks:
+        print(f"[run_notebooks] {nb.name} ({profile}) ...", flush=True)
+        start = time.perf_counter()
+        executed = run_notebook(nb, run_dir, params[nb], cell_timeout=cell_timeout, kernel_name=kernel_name)
+        timings[nb.name] = round(time.perf_counter() - start, 1)
+        print(f"[run_notebooks] {nb.name} done in {timings[nb.name]} s -> {executed}", flush=True)
+    (run_dir / "timings.json").write_text(json.dumps({"profile": profile, "seconds": timings}, indent=2))
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the F2LLM notebooks headless with a parameter profile.")
+    parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run (default: all, in order)")
+    parser.add_argument("--profile", default="cpu", choices=PROFILES)
+    parser.add_argument("--run-dir", type=Path, help="where executed copies go (default: runs/<timestamp>)")
+    parser.add_argument("--cell-timeout", type=int, default=900, help="seconds per cell before failing")
+    parser.add_argument("--kernel", default=KERNEL_NAME, help="Jupyter kernel name (make registers 'f2llm')")
+    args = parser.parse_args(argv)
+    try:
+        run_dir = run_profile(args.profile, [p.resolve() for p in args.notebooks] or None, args.run_dir,
+                              args.cell_timeout, args.kernel)
+    except (NotebookParameterError, NotebookRunError) as exc:
+        print(f"[run_notebooks] ERROR: {exc}", file=sys.stderr)
+        return 1
+    print(f"[run_notebooks] executed notebooks are in {run_dir}")
+    return 0

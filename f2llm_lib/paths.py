@@ -1,0 +1,22 @@
+"""Where the library keeps caches and run outputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def cache_dir() -> Path:
+    """The cache folder for converted models: ``$F2LLM_CACHE_DIR`` or ``~/.cache/f2llm``."""
+    root = os.environ.get("F2LLM_CACHE_DIR") or Path.home() / ".cache" / "f2llm"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def shared_data_dir() -> Path | None:
+    """The real public test data beside the project (``../shared/data``), or None when absent."""
+    path = Path(os.environ.get("F2LLM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+    return path if path.is_dir() else None

@@ -1,0 +1,46 @@
+"""F2LLM's tokenization rule: no special tokens, truncate, append EOS; masks come from lengths.
+
+The pooled token is the appended EOS. Building ``attention_mask = ids != pad_id`` would mask it out when a
+tokenizer's EOS id equals its pad id (SmolLM2, several Qwen checkpoints), so every mask here is built from
+the stored sequence lengths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+
+def tokenize_with_eos(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids per text: no special tokens, at most ``max_length`` ids, the last one always EOS."""
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2 (one text token + EOS), got {max_length}")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"text #{index} is {type(text).__name__}, expected str")
+    eos = tokenizer.eos_token_id
+    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+    # Truncate to max_length - 1 text tokens, then append EOS: the last token is EOS even after truncation.
+    return [ids[: max_length - 1] + [eos] for ids in encoded]
+
+
+def pad_batch(id_lists: Sequence[Sequence[int]], pad_id: int,
+              padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad to a rectangle; return ``(input_ids, attention_mask, lengths)`` with the mask built from lengths."""
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    lengths = torch.tensor([len(ids) for ids in id_lists], dtype=torch.long)
+    if len(lengths) == 0 or int(lengths.min()) == 0:
+        raise ValueError("every sequence needs at least one token (the EOS)")
+    width = int(lengths.max())
+    input_ids = torch.full((len(id_lists), width), pad_id, dtype=torch.long)
+    positions = torch.arange(width).unsqueeze(0)
+    if padding_side == "right":
+        attention_mask = positions < lengths.unsqueeze(1)
+    else:
+        attention_mask = positions >= (width - lengths).unsqueeze(1)
+    for row, ids in enumerate(id_lists):
+        input_ids[row, attention_mask[row]] = torch.as_tensor(list(ids), dtype=torch.long)
+    return input_ids, attention_mask.long(), lengths

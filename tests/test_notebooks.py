@@ -1,0 +1,45 @@
+"""Every notebook: outputs stripped in git, one typed parameters cell, and it runs headless (smoke profile)."""
+
+import json
+
+import nbformat
+import pytest
+
+from f2llm_lib.notebook_runner import all_notebooks, load_profile, read_parameters, run_profile
+
+NOTEBOOKS = all_notebooks()
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "notebooks/ should hold the numbered notebooks"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_hygiene(path):
+    nb = nbformat.read(path, as_version=4)
+    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code_cells), "strip outputs before committing"
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), "starts with an H1"
+    params = read_parameters(path)
+    assert "OUTPUT_DIR" in params
+    for line in tagged[0].source.splitlines():
+        if line.strip():
+            assert ":" in line.split("=")[0] and "#" in line, f"typed scalar with a comment: {line!r}"
+    assert "results.json" in code_cells[-1].source, "the last cell writes the notebook's results as JSON"
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "gpu"])
+def test_profiles_only_use_declared_parameters(profile):
+    for path in NOTEBOOKS:
+        load_profile(profile, path)
+
+
+@pytest.mark.notebooks
+def test_smoke_profile_runs_every_notebook(tmp_path):
+    run_dir = run_profile("smoke", run_dir=tmp_path)
+    for path in NOTEBOOKS:
+        results = json.loads((tmp_path / path.stem / "results.json").read_text())
+        assert results["notebook"] == path.stem
+    print(json.loads((run_dir / "timings.json").read_text()))
