@@ -1,10 +1,23 @@
-"""Shared fixtures: the two offline backbones, loaded once per test session."""
+"""Shared fixtures: the two offline backbones, loaded once per test session.
+
+Without a GPU, Triton kernels run in its CPU interpreter; the switch must be set before triton is imported.
+"""
 
 from __future__ import annotations
 
-import pytest
+import os
+import sys
 
-from f2llm_lib.paths import shared_data_dir
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        assert "triton" not in sys.modules, "triton was imported before TRITON_INTERPRET could be set"
+        os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+from f2llm_lib.paths import shared_data_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,26 @@
+"""Verbose comparison helpers (in the style of Liger-Kernel's tests) and per-dtype tolerances."""
+
+from __future__ import annotations
+
+import torch
+
+# (atol, rtol) per dtype, against a float64 ground truth.
+TOLERANCES = {torch.float32: (1e-5, 5e-4), torch.float16: (1e-3, 1e-2), torch.bfloat16: (5e-3, 5e-2)}
+
+
+def assert_verbose_allclose(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float,
+                            name: str = "tensor", max_print: int = 5) -> None:
+    """Like torch.allclose, but on failure prints the worst mismatches and how many there are."""
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    diff = (actual - expected).abs()
+    bad = diff > atol + rtol * expected.abs()
+    nonfinite = ~torch.isfinite(actual)
+    if bad.any() or nonfinite.any():
+        order = torch.argsort((diff - rtol * expected.abs()).flatten(), descending=True)[:max_print]
+        lines = [f"  at {tuple(int(x) for x in torch.unravel_index(i, diff.shape))}: actual "
+                 f"{actual.flatten()[i]:.8g} expected {expected.flatten()[i]:.8g} diff {diff.flatten()[i]:.3g}"
+                 for i in order]
+        raise AssertionError(f"{name}: {int(bad.sum())} of {bad.numel()} elements outside atol={atol}, "
+                             f"rtol={rtol} (max abs diff {diff.max():.3g}; non-finite: {int(nonfinite.sum())})\n"
+                             + "\n".join(lines))

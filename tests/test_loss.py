@@ -1,0 +1,131 @@
+"""F2LLM's loss: reference, chunked and Triton (interpreter on CPU) against a float64 ground truth."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from f2llm_lib.losses import contrastive_loss, mrl_levels, mrl_weights
+from f2llm_lib.losses.chunked import chunked_loss
+from f2llm_lib.losses.fused import fused_loss
+from f2llm_lib.losses.reference import reference_loss
+from helpers import TOLERANCES, assert_verbose_allclose
+
+IMPLS = ["reference", "chunked", "triton"]
+# (B, d, hard negatives per query, shared negatives, MRL, in-batch): ragged on purpose.
+SHAPES = [
+    (1, 64, 0, 0, False, True),     # B = 1
+    (17, 96, 7, 0, True, True),     # B = 17, F2LLM's k = 7, all MRL levels
+    (5, 576, 3, 0, True, True),     # d = 576 (SmolLM2), MRL
+    (17, 40, 0, 16, False, True),   # N = 33 keys (17 positives + 16 shared negatives)
+    (6, 24, 1, 0, True, False),     # classification: one negative, no in-batch
+    (9, 48, 2, 5, True, True),      # everything at once
+    (3, 20, 0, 0, False, True),     # d not a multiple of any block
+]
+
+
+def _inputs(batch, dim, k_hard, n_shared, seed=0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    make = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)  # noqa: E731
+    return (make(batch, dim), make(batch, dim), make(batch, k_hard, dim) if k_hard else None,
+            make(n_shared, dim) if n_shared else None)
+
+
+def _loss_and_grads(impl, tensors, dtype, mrl, in_batch, temperature=0.05, **kwargs):
+    leaves = [t.to(dtype).detach().clone().requires_grad_() if t is not None else None for t in tensors]
+    q, p, n, s = leaves
+    loss = contrastive_loss(q, p, n, shared_negatives=s, in_batch=in_batch, temperature=temperature,
+                            mrl_dims="f2llm_v2" if mrl else None, impl=impl, **kwargs)
+    loss.backward()
+    return loss.detach(), [t.grad for t in leaves if t is not None]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-d{}-k{}-m{}-{}-{}".format(
+    s[0], s[1], s[2], s[3], "mrl" if s[4] else "full", "ib" if s[5] else "hard"))
+def test_fp32_matches_float64_reference(impl, shape):
+    batch, dim, k_hard, n_shared, mrl, in_batch = shape
+    tensors = _inputs(batch, dim, k_hard, n_shared)
+    truth, truth_grads = _loss_and_grads("reference", tensors, torch.float64, mrl, in_batch)
+    loss, grads = _loss_and_grads(impl, tensors, torch.float32, mrl, in_batch, chunk_size=8)
+    atol, rtol = TOLERANCES[torch.float32]
+    assert_verbose_allclose(loss, truth, atol, rtol, name=f"{impl} loss")
+    for index, (grad, expected) in enumerate(zip(grads, truth_grads, strict=True)):
+        assert_verbose_allclose(grad, expected, atol, rtol, name=f"{impl} grad of input {index}")
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[5]], ids=["B17-k7-mrl", "B9-shared-mrl"])
+def test_fp16_error_no_worse_than_pytorch_fp16(impl, shape):
+    batch, dim, k_hard, n_shared, mrl, in_batch = shape
+    tensors = _inputs(batch, dim, k_hard, n_shared, seed=1)
+    truth, truth_grads = _loss_and_grads("reference", tensors, torch.float64, mrl, in_batch)
+    torch_loss, torch_grads = _loss_and_grads("reference", tensors, torch.float16, mrl, in_batch)
+    loss, grads = _loss_and_grads(impl, tensors, torch.float16, mrl, in_batch, chunk_size=8)
+    assert (loss.double() - truth).abs() <= (torch_loss.double() - truth).abs() + 1e-3
+    for ours, theirs, expected in zip(grads, torch_grads, truth_grads, strict=True):
+        our_err = (ours.double() - expected).abs().max()
+        torch_err = (theirs.double() - expected).abs().max()
+        assert our_err <= torch_err + 1e-3, f"{impl}: fp16 grad error {our_err:.2e} vs PyTorch's {torch_err:.2e}"
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+@pytest.mark.parametrize("case", ["identical", "zero", "cold"])
+def test_degenerate_inputs_stay_finite_in_fp16(impl, case):
+    q, p, n, _ = _inputs(8, 32, 3, 0, seed=2)
+    temperature = 0.05
+    if case == "identical":
+        q = p = q[:1].expand(8, -1).clone()
+        n = q[:, None].expand(-1, 3, -1).clone()
+    elif case == "zero":
+        q[2] = 0
+        p[5] = 0
+        n[1, 1] = 0
+    else:
+        temperature = 0.01
+        q, p = q * 100, p * 100  # large norms, sharp softmax
+    loss, grads = _loss_and_grads(impl, (q, p, n, None), torch.float16, True, True, temperature=temperature,
+                                  chunk_size=4)
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
+    if case == "zero":
+        assert grads[0][2].abs().max() == 0 and grads[1][5].abs().max() == 0  # zero vectors get no gradient
+
+
+@pytest.mark.parametrize("fn", [chunked_loss, fused_loss], ids=["chunked", "triton"])
+def test_positive_at_any_index(fn):
+    q, p, n, shared = _inputs(7, 40, 2, 6, seed=3)
+    keys = torch.cat([p, shared])
+    perm = torch.randperm(len(keys), generator=torch.Generator().manual_seed(0))
+    labels = torch.argsort(perm)[:7]  # where each query's positive landed after shuffling
+    dims, weights = mrl_levels(40), mrl_weights(mrl_levels(40), 40)
+    expected = reference_loss(q, p, n, keys[perm], labels, dims, weights, 0.05)
+    got = fn(q.float(), p.float(), n.float(), keys[perm].float(), labels, dims, weights, 0.05)
+    assert_verbose_allclose(got, expected, *TOLERANCES[torch.float32], name="loss with shuffled keys")
+
+
+def test_mrl_levels_and_weights_follow_f2llm_v2():
+    assert mrl_levels(576) == [8, 16, 32, 64, 128, 256, 512, 576]
+    assert mrl_levels(2560)[-2:] == [2048, 2560] and len(mrl_levels(2560)) == 10
+    weights = mrl_weights([8, 512, 1024], 1024)
+    assert weights[2] == 1.0  # full dim: n = 1
+    assert weights[1] == pytest.approx(1 / (2 * 2 ** 0.5))  # next: n = 2, sqrt(1024 / 512)
+    assert weights[0] == pytest.approx(1 / (3 * 128 ** 0.5))
+
+
+def test_auto_picks_chunked_on_cpu_and_same_value_as_reference():
+    q, p, n, _ = _inputs(4, 16, 2, 0, seed=4, dtype=torch.float32)
+    assert torch.allclose(contrastive_loss(q, p, n), contrastive_loss(q, p, n, impl="reference"), atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"in_batch": False}, "nothing to compute"),
+    ({"mrl_dims": [16, 8]}, "increasing"),
+    ({"temperature": 0.0}, "temperature"),
+    ({"impl": "cuda"}, "impl must be one of"),
+])
+def test_bad_arguments_are_explained(kwargs, message):
+    q, p, _, _ = _inputs(4, 16, 0, 0, dtype=torch.float32)
+    with pytest.raises(ValueError, match=message):
+        contrastive_loss(q, p, None, **kwargs)
+    with pytest.raises(ValueError, match=r"negatives must be \[B, k, d\]"):
+        contrastive_loss(q, p, torch.zeros(3, 2, 16))
