@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import TOLERANCES, assert_verbose_allclose
 
 from f2llm_lib.losses import contrastive_loss, mrl_levels, mrl_weights
 from f2llm_lib.losses.chunked import chunked_loss
 from f2llm_lib.losses.fused import fused_loss
 from f2llm_lib.losses.reference import reference_loss
-from helpers import TOLERANCES, assert_verbose_allclose
 
 IMPLS = ["reference", "chunked", "triton"]
 # (B, d, hard negatives per query, shared negatives, MRL, in-batch): ragged on purpose.

@@ -18,9 +18,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import TOLERANCES, assert_verbose_allclose
 
 from f2llm_lib.losses import contrastive_loss
-from helpers import TOLERANCES, assert_verbose_allclose
 
 IMPLS = ("reference", "chunked", "triton")
 B, D, K_HARD, M_SHARED = 3, 24, 2, 2
@@ -85,7 +85,7 @@ def test_multi_process_gradients(world, tmp_path):
                      impl="reference").backward()
     atol, rtol = TOLERANCES[torch.float32]
     for impl in IMPLS:
-        for name, size in (("q", B), ("p", B), ("n", B), ("s", M_SHARED)):
+        for name in "qpns":
             got = np.concatenate([r[f"{impl}-full-{name}"] for r in ranks]) / world  # DDP's average over ranks
             assert_verbose_allclose(torch.tensor(got), data[name].grad, atol, rtol,
                                     name=f"{impl}, {world} processes, grad of {name}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
 from .reference import accumulation_dtype, safe_normalize
 
 
@@ -67,6 +68,7 @@ def chunked_loss(queries: torch.Tensor, positives: torch.Tensor, negatives: torc
         if negatives is not None:  # k + 1 candidates per query: already linear in B, no chunking needed
             candidates = safe_normalize(torch.cat([positives.unsqueeze(1), negatives], dim=1)[..., :dim])
             logits = (q.unsqueeze(1) * candidates).sum(-1).to(acc) / temperature
-            level = level + torch.nn.functional.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+            zeros = torch.zeros(len(q), dtype=torch.long, device=q.device)
+            level = level + torch.nn.functional.cross_entropy(logits, zeros)
         total = total + weight * level
     return total

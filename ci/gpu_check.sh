@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One GPU check, at most ~8 minutes on one H100: GPU tests of the Triton loss (bf16 and fp32 tolerances) and the
+# GPU loss benchmark. Everything goes to one folder: ${1:-runs/gpu_check} (or $OUT when set, as on the lent machine).
+#   bash ci/gpu_check.sh [out_dir]
+# Works with the project's .venv or with a machine's own torch + triton (PYTHONPATH=. is set here).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-${OUT:-runs/gpu_check}}
+mkdir -p "$out"
+py=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  $py -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+} > "$out/environment.txt" 2>&1
+cat "$out/environment.txt"
+status=0
+timeout 150 $py -m pytest -q -p no:cacheprovider tests/test_loss_gpu.py 2>&1 | tee "$out/gpu_tests.log" || status=1
+timeout 330 $py -m f2llm_lib.losses.benchmark --device cuda --out "$out" 2>&1 | tee "$out/benchmark.log" || status=1
+echo "gpu_check finished with status $status; results in $out"
+exit $status

@@ -1,0 +1,244 @@
+"""Benchmark of the contrastive-loss implementations: time, peak memory and (GPU) kernel launches -> CSV + plot.
+
+    python -m f2llm_lib.losses.benchmark --out runs/bench_loss             # CPU: reference, chunked, compiled
+    python -m f2llm_lib.losses.benchmark --device cuda --out runs/bench    # GPU: + triton, inf-cl
+
+Regimes (see ../shared/F2LLM_FACTS.md, section 7):
+- ``f2llm``: 16 local queries, 512 gathered keys, 7 hard negatives per query, d in {1024, 2560}, all MRL levels;
+- ``large``: B queries against B keys (in-batch only, one level), d = 1024, B in {8192, 16384} (+65536 on GPU).
+One forward + backward is timed. CPU peak memory is measured in a fresh subprocess per case (peak RSS above the
+RSS after the inputs exist); GPU peak memory is ``max_memory_allocated`` above the inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .api import mrl_levels, mrl_weights
+from .chunked import chunked_loss
+from .reference import reference_loss
+
+TEMPERATURE = 0.05
+
+
+def _case_inputs(regime: str, batch: int, dim: int, device: str, dtype: torch.dtype):
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    make = lambda *shape: torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)  # noqa: E731
+    if regime == "f2llm":
+        keys = make(512, dim)
+        q, negatives = make(batch, dim), make(batch, 7, dim)
+        pos = keys[:batch]
+        dims = mrl_levels(dim)
+    else:
+        q, keys, negatives, dims = make(batch, dim), make(batch, dim), None, [dim]
+        pos = keys
+    labels = torch.arange(batch, device=device)
+    leaves = [t.detach().clone().requires_grad_() for t in (q, pos, keys)]
+    neg = negatives.detach().clone().requires_grad_() if negatives is not None else None
+    return leaves, neg, labels, dims, mrl_weights(dims, dim)
+
+
+def _step_fn(impl: str, regime: str):
+    if impl == "reference":
+        return lambda q, p, n, k, y, d, w: reference_loss(q, p, n, k, y, d, w, TEMPERATURE)
+    if impl == "compiled":
+        compiled = torch.compile(reference_loss, dynamic=False)
+        return lambda q, p, n, k, y, d, w: compiled(q, p, n, k, y, d, w, TEMPERATURE)
+    if impl == "chunked":
+        return lambda q, p, n, k, y, d, w: chunked_loss(q, p, n, k, y, d, w, TEMPERATURE, chunk=512)
+    if impl == "triton":
+        from .fused import fused_loss
+
+        return lambda q, p, n, k, y, d, w: fused_loss(q, p, n, k, y, d, w, TEMPERATURE)
+    if impl == "inf-cl":
+        if regime != "large":
+            raise ValueError("inf-cl has no hard negatives or MRL: large regime only")
+        from inf_cl import cal_flash_loss
+
+        def step(q, p, n, k, y, d, w):
+            qn = torch.nn.functional.normalize(q, dim=-1)
+            kn = torch.nn.functional.normalize(k, dim=-1)
+            return cal_flash_loss(qn, kn, y, scale=1.0 / TEMPERATURE)
+
+        return step
+    raise ValueError(f"unknown impl {impl!r}")
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(impl: str, regime: str, batch: int, dim: int, device: str, dtype: torch.dtype, reps: int) -> dict:
+    """Median time of forward + backward, peak extra memory, and (CUDA) kernel launches per call."""
+    (q, p, k), n, labels, dims, weights = _case_inputs(regime, batch, dim, device, dtype)
+    step = _step_fn(impl, regime)
+
+    def run():
+        for t in (q, p, k, n):
+            if t is not None:
+                t.grad = None
+        step(q, p, n, k, labels, dims, weights).backward()
+
+    baseline_rss = _rss_mb()
+    if device == "cuda":
+        run()  # warm-up: compilation and autotuning are not part of the steady state
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run()
+        _sync(device)
+        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        run()
+        peak_mb = _peak_rss_mb() - baseline_rss
+    times = []
+    for _ in range(reps):
+        _sync(device)
+        start = time.perf_counter()
+        run()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    launches = None
+    if device == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            run()
+            _sync(device)
+        launches = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+                       and not e.name.lower().startswith("memcpy"))
+    return {"impl": impl, "regime": regime, "batch": batch, "keys": k.shape[0], "dim": dim, "levels": len(dims),
+            "hard_negatives": 0 if n is None else n.shape[1], "dtype": str(dtype).replace("torch.", ""),
+            "device": device, "time_ms": round(1000 * statistics.median(times), 3), "peak_mb": round(peak_mb, 2),
+            "launches": launches}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cases(device: str, quick: bool) -> list[tuple[str, int, int]]:
+    cases = [("f2llm", 16, 1024), ("f2llm", 16, 2560)]
+    sizes = [1024] if quick else [8192, 16384] + ([65536] if device == "cuda" else [])
+    return cases + [("large", size, 1024) for size in sizes]
+
+
+def _impls(device: str, regime: str, batch: int) -> list[str]:
+    impls = ["reference", "compiled", "chunked"]
+    if device == "cuda":
+        impls.append("triton")
+        if regime == "large":
+            impls.append("inf-cl")
+        if regime == "large" and batch >= 65536:
+            impls = [i for i in impls if i not in ("reference", "compiled")]  # 16 GiB per logits copy
+    return impls
+
+
+def _run_case_isolated(impl, regime, batch, dim, device, dtype, reps) -> dict:
+    """CPU peak RSS is per process, so each CPU case runs in a fresh interpreter."""
+    cmd = [sys.executable, "-m", "f2llm_lib.losses.benchmark", "--worker", json.dumps(
+        [impl, regime, batch, dim, device, str(dtype).replace("torch.", ""), reps])]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return {"impl": impl, "regime": regime, "batch": batch, "dim": dim, "device": device,
+                "error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _add_ratios(rows: list[dict]) -> None:
+    for row in rows:
+        base = next((r for r in rows if r["impl"] == "reference" and r["regime"] == row["regime"]
+                     and r["batch"] == row["batch"] and r["dim"] == row["dim"] and "time_ms" in r), None)
+        if base and "time_ms" in row:
+            row["time_vs_reference"] = round(row["time_ms"] / base["time_ms"], 3)
+            row["memory_vs_reference"] = round(row["peak_mb"] / base["peak_mb"], 4) if base["peak_mb"] else None
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    large = [r for r in rows if r["regime"] == "large" and "time_ms" in r]
+    for impl in sorted({r["impl"] for r in large}):
+        pts = sorted((r["batch"], r["time_ms"], r["peak_mb"]) for r in large if r["impl"] == impl)
+        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
+        axes[1].plot([p[0] for p in pts], [max(p[2], 1e-3) for p in pts], marker="o", label=impl)
+    for ax, label in zip(axes, ("time per fwd+bwd (ms)", "peak extra memory (MB)"), strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("queries = keys (d = 1024)")
+        ax.set_ylabel(label)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _write_csv(rows: list[dict], out: Path) -> None:
+    _add_ratios(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = ["device", "dtype", "regime", "impl", "batch", "keys", "dim", "levels", "hard_negatives", "time_ms",
+              "peak_mb", "launches", "time_vs_reference", "memory_vs_reference", "error"]
+    tmp = out / "loss_benchmark.csv.tmp"
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(out / "loss_benchmark.csv")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_loss"))
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="small large-regime size, for tests")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        impl, regime, batch, dim, device, dtype, reps = json.loads(args.worker)
+        print(json.dumps(measure(impl, regime, batch, dim, device, getattr(torch, dtype), reps)))
+        return 0
+    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
+    rows = []
+    for regime, batch, dim in _cases(args.device, args.quick):
+        for impl in _impls(args.device, regime, batch):
+            if args.device == "cpu":
+                row = _run_case_isolated(impl, regime, batch, dim, args.device, dtype, args.reps)
+            else:
+                try:
+                    row = measure(impl, regime, batch, dim, args.device, dtype, args.reps)
+                except Exception as exc:  # e.g. out of memory: report it, keep going
+                    row = {"impl": impl, "regime": regime, "batch": batch, "dim": dim, "device": args.device,
+                           "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+                torch.cuda.empty_cache()
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            _write_csv(rows, args.out)  # after every case, so a run cut short still leaves its figures
+    _plot(rows, args.out / "loss_benchmark.png")
+    print(f"wrote {args.out / 'loss_benchmark.csv'} and loss_benchmark.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

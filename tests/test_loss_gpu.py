@@ -1,0 +1,44 @@
+"""GPU checks of the Triton loss (skipped without CUDA): bf16/fp32 on F2LLM shapes, via ci/gpu_check.sh."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import TOLERANCES, assert_verbose_allclose
+
+from f2llm_lib.losses import contrastive_loss
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run ci/gpu_check.sh)")
+
+# (B, N keys, k hard, d, MRL): F2LLM's regime plus ragged shapes.
+SHAPES = [(16, 512, 7, 1024, True), (16, 512, 7, 2560, True), (47, 31, 3, 123, False), (17, 33, 1, 576, True),
+          (1, 5, 0, 64, False), (300, 1000, 0, 1024, False)]
+
+
+def _run(impl, tensors, dtype, mrl, in_batch_keys):
+    q, p, n, s = [t.to("cuda", dtype).detach().clone().requires_grad_() if t is not None else None for t in tensors]
+    loss = contrastive_loss(q, p, n, shared_negatives=s, mrl_dims="f2llm_v2" if mrl else None, impl=impl)
+    loss.backward()
+    return loss.detach(), [t.grad for t in (q, p, n, s) if t is not None]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-N{}-k{}-d{}".format(*s[:4]))
+def test_triton_on_gpu_matches_float64(shape, dtype):
+    batch, n_keys, k_hard, dim, mrl = shape
+    gen = torch.Generator().manual_seed(0)
+    make = lambda *sh: torch.randn(*sh, generator=gen).to(dtype).double()  # noqa: E731  (values exact in dtype)
+    tensors = (make(batch, dim), make(batch, dim), make(batch, k_hard, dim) if k_hard else None,
+               make(n_keys - batch, dim) if n_keys > batch else None)
+    truth, truth_grads = _run("reference", tensors, torch.float64, mrl, True)
+    ours, our_grads = _run("triton", tensors, dtype, mrl, True)
+    atol, rtol = TOLERANCES[dtype]
+    assert_verbose_allclose(ours, truth, atol, rtol, name=f"loss {dtype}")
+    if dtype == torch.bfloat16:  # and no worse than PyTorch's own bf16 error, plus a small tolerance
+        torch_loss, torch_grads = _run("reference", tensors, dtype, mrl, True)
+        assert (ours.double() - truth).abs() <= (torch_loss.double() - truth).abs() + atol
+        for g, t, e in zip(our_grads, torch_grads, truth_grads, strict=True):
+            assert (g.double() - e).abs().max() <= (t.double() - e).abs().max() + atol
+    else:
+        for index, (g, e) in enumerate(zip(our_grads, truth_grads, strict=True)):
+            assert_verbose_allclose(g, e, atol, rtol, name=f"grad {index} {dtype}")
