@@ -69,7 +69,7 @@ def _step_fn(impl: str, regime: str):
         def step(q, p, n, k, y, d, w):
             qn = torch.nn.functional.normalize(q, dim=-1)
             kn = torch.nn.functional.normalize(k, dim=-1)
-            return cal_flash_loss(qn, kn, y, scale=1.0 / TEMPERATURE)
+            return cal_flash_loss(qn, kn, y, scale=1.0 / TEMPERATURE).mean()
 
         return step
     raise ValueError(f"unknown impl {impl!r}")

@@ -15,42 +15,70 @@ import torch
 from .reference import accumulation_dtype, safe_normalize
 
 
+def _inverse_norms(x: torch.Tensor, acc: torch.dtype, eps: float = 1e-12) -> torch.Tensor:
+    norm = torch.linalg.vector_norm(x, dim=-1, dtype=acc)
+    return torch.where(norm >= eps, 1.0 / norm.clamp_min(eps), torch.zeros_like(norm))  # zero vector: no grad
+
+
 class _ChunkedInfoNCE(torch.autograd.Function):
-    """Mean over rows of cross-entropy(q k^T / tau, labels) for unit-norm q [B, d] and k [N, d]."""
+    """Mean over rows of cross-entropy(q_hat k_hat^T / tau, labels) for raw q [B, d], k [N, d].
+
+    Normalisation is folded in (q_hat = a q, a = 1 / ||q||) so that no normalised copy is ever stored: only the
+    inputs (views), B + N inverse norms and B log-sum-exps are kept; tiles are scaled in place.
+    """
 
     @staticmethod
     def forward(ctx, q, k, labels, temperature: float, chunk: int):
         acc = accumulation_dtype(q.dtype)
-        rows = torch.arange(q.shape[0], device=q.device)
+        a, b = _inverse_norms(q, acc), _inverse_norms(k, acc)
+        row_scale = (a / temperature)[:, None]
+        # Half inputs are upcast once (raw dot products of unnormalised half vectors can overflow); float32
+        # inputs are used as they are, so no copy is made.
+        q_acc, k_acc = q.to(acc), k.to(acc)
         run_max = torch.full((q.shape[0],), float("-inf"), device=q.device, dtype=acc)
         run_sum = torch.zeros_like(run_max)
+        target = torch.empty_like(run_max)  # each row's positive logit, picked up in the chunk that holds it
+        rows = torch.arange(q.shape[0], device=q.device)
         for start in range(0, k.shape[0], chunk):
-            tile = (q @ k[start:start + chunk].T).to(acc) / temperature
-            new_max = torch.maximum(run_max, tile.max(dim=1).values)
-            run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(tile - new_max[:, None]).sum(dim=1)
+            tile = q_acc @ k_acc[start:start + chunk].T
+            tile.mul_(row_scale).mul_(b[start:start + chunk][None, :])  # logits, in place
+            hit = (labels >= start) & (labels < start + tile.shape[1])
+            target[hit] = tile[rows[hit], labels[hit] - start]
+            new_max = torch.maximum(run_max, tile.amax(dim=1))
+            run_sum.mul_(torch.exp(run_max - new_max)).add_(tile.sub_(new_max[:, None]).exp_().sum(dim=1))
             run_max = new_max
         lse = run_max + torch.log(run_sum)
-        target = (q * k[labels]).sum(-1).to(acc) / temperature
-        ctx.save_for_backward(q, k, labels, lse)
-        ctx.temperature, ctx.chunk, ctx.rows = temperature, chunk, rows
+        ctx.save_for_backward(q, k, labels, lse, a, b)
+        ctx.temperature, ctx.chunk = temperature, chunk
         return (lse - target).mean()
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, labels, lse = ctx.saved_tensors
-        acc = lse.dtype
-        scale = grad_out.to(acc) / (q.shape[0] * ctx.temperature)
-        dq = torch.zeros(q.shape, dtype=acc, device=q.device)
-        dk = torch.zeros(k.shape, dtype=acc, device=k.device)
+        q, k, labels, lse, a, b = ctx.saved_tensors
+        acc, tau, rows = lse.dtype, ctx.temperature, torch.arange(q.shape[0], device=q.device)
+        g = grad_out.to(acc) / q.shape[0]
+        q_acc, k_acc = q.to(acc), k.to(acc)  # views when the inputs are already float32
+        dq_scaled = torch.zeros(q.shape, dtype=acc, device=q.device)  # a * dL/dq_hat
+        dk_hat = torch.empty(k.shape, dtype=acc, device=k.device)  # dL/dk_hat
         for start in range(0, k.shape[0], ctx.chunk):
-            keys = k[start:start + ctx.chunk]
-            probs = torch.exp((q @ keys.T).to(acc) / ctx.temperature - lse[:, None])
-            hit = (labels >= start) & (labels < start + keys.shape[0])
-            probs[ctx.rows[hit], labels[hit] - start] -= 1.0  # softmax - onehot
-            probs *= scale
-            dq += probs @ keys.to(acc)
-            dk[start:start + keys.shape[0]] = probs.T @ q.to(acc)
+            stop = min(start + ctx.chunk, k.shape[0])
+            grad_s = q_acc @ k_acc[start:stop].T
+            grad_s.mul_(a[:, None] / tau).mul_(b[None, start:stop]).sub_(lse[:, None]).exp_()  # softmax
+            hit = (labels >= start) & (labels < stop)
+            grad_s[rows[hit], labels[hit] - start] -= 1.0  # softmax - onehot
+            grad_s.mul_(g / tau).mul_(a[:, None])  # dL/dlogits / tau, times a: one tile, scaled in place
+            torch.matmul(grad_s.T, q_acc, out=dk_hat[start:stop])  # (dS a)^T q = dS^T q_hat
+            dq_scaled.addmm_(grad_s.mul_(b[None, start:stop]), k_acc[start:stop])  # a (dS k_hat)
+        # Through the normalisation, x_hat = c x: dL/dx = c dx_hat - c^3 (x . dx_hat) x. With m = a dq_hat:
+        # dL/dq = m - a^2 (q . m) q. In place, so no second [B, d] or [N, d] buffer is allocated.
+        dq = dq_scaled.addcmul_(q_acc, (a * a * _rowdot(q_acc, dq_scaled))[:, None], value=-1.0)
+        dk = dk_hat.mul_(b[:, None]).addcmul_(k_acc, (b * b * _rowdot(k_acc, dk_hat))[:, None], value=-1.0)
         return dq.to(q.dtype), dk.to(k.dtype), None, None, None
+
+
+def _rowdot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot products without an [n, d] temporary."""
+    return (x.unsqueeze(1) @ y.unsqueeze(2)).reshape(-1)
 
 
 def chunked_loss(queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None,
@@ -63,8 +91,7 @@ def chunked_loss(queries: torch.Tensor, positives: torch.Tensor, negatives: torc
         q = safe_normalize(queries[:, :dim])
         level = 0.0
         if keys is not None:
-            k = safe_normalize(keys[:, :dim])
-            level = level + _ChunkedInfoNCE.apply(q, k, labels, temperature, chunk)
+            level = level + _ChunkedInfoNCE.apply(queries[:, :dim], keys[:, :dim], labels, temperature, chunk)
         if negatives is not None:  # k + 1 candidates per query: already linear in B, no chunking needed
             candidates = safe_normalize(torch.cat([positives.unsqueeze(1), negatives], dim=1)[..., :dim])
             logits = (q.unsqueeze(1) * candidates).sum(-1).to(acc) / temperature

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-EPS = 1e-12
+EPS = tl.constexpr(1e-12)
 
 
 @triton.jit
