@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -160,6 +161,12 @@ def _run_case_isolated(impl, regime, batch, dim, device, dtype, reps) -> dict:
         return {"impl": impl, "regime": regime, "batch": batch, "dim": dim, "device": device,
                 "error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def memory_curve(sizes: Sequence[int], impls: Sequence[str] = ("reference", "chunked"), dim: int = 256,
+                 device: str = "cpu") -> list[dict]:
+    """Peak extra memory of one forward + backward, B queries against B keys, for growing B (fresh processes)."""
+    return [_run_case_isolated(impl, "large", size, dim, device, torch.float32, 1) for size in sizes for impl in impls]
 
 
 def _add_ratios(rows: list[dict]) -> None:
