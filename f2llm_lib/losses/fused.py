@@ -5,16 +5,20 @@ feature dim computes every level's dot products. The kernels walk d segment by s
 [16, 32), ...); after each segment the running accumulator holds the raw prefix dot product of that level,
 and running sums of squares hold the prefix norms. That level's logits are then ``acc * a_i * b_j / tau``.
 
-Kernels (4 Triton launches per forward + backward, plus one zero-fill each way):
+Kernels (4 launches per forward + backward; no atomics in backward, no fp32 gradient scratch):
 1. ``_ib_fwd``: grid (query blocks, key blocks). Per tile and level: online-softmax statistics of the in-batch
    logits (row max, sum of exp, softmax-weighted sum of logits) written per key block. Splitting over keys as
    well as queries keeps a GPU busy with 16 local queries. No B x N tensor is ever written.
 2. ``_row_fwd``: one program per query. Combines the key-block statistics into a log-sum-exp per level, computes
-   the positive's logit and the hard-negative softmax (positive + its k negatives), adds the weighted loss.
-3. ``_ib_bwd``: same grid as 1. Recomputes each tile, forms dL/dlogits = g (softmax - onehot) and accumulates
-   dq and dk for every level's prefix with fp32 atomics, plus the column sums the key normalisation needs.
-4. ``_row_bwd``: one program per query (hard-negative gradients, the query-norm correction) and per key (the
-   key-norm correction), then the cast to the input dtype.
+   the positive's logit, the hard-negative softmax (positive + its k negatives) and the loss, and stores the
+   per-row coefficients of the backward (hard-negative and normalisation terms; linear in the incoming gradient).
+3. ``_bwd_dq``: grid (query blocks, feature-column blocks). Loops over all keys, recomputing each tile, and
+   accumulates dq for its columns in registers from every level whose prefix reaches them; adds the per-row terms;
+   writes dq and the hard candidates' gradients in the input dtype.
+4. ``_bwd_dk``: grid (key blocks, feature-column blocks). The same over all queries for dk, including the column
+   sums that the key normalisation needs, which it owns entirely.
+Splitting the backward over feature columns costs recomputation (d / 256 tile passes per side) but keeps the
+accumulators in registers: no atomics and no [B + N, d] fp32 buffer.
 
 Normalisation gradient: for x_hat = x * a with a = 1 / ||x||, dL/dx = a * dL/dx_hat - a^2 (x_hat . dL/dx_hat) x.
 The scalar (x_hat . dL/dx_hat) equals sum_j dL/ds_ij * s_ij, which is accumulated tile by tile.
@@ -42,10 +46,12 @@ def _dot(a, b, acc, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _ib_fwd(Q, K, DIMS, PM, PL, PT, B, N, D, L, inv_temp,
+def _ib_fwd(Q, K, DIMS, PM, PL, PT, LOSS, B, N, D, L, inv_temp,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    if (pid_m == 0) & (pid_n == 0):
+        tl.store(LOSS, 0.0)  # the row kernel, launched next, accumulates into it
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < B
@@ -80,8 +86,11 @@ def _ib_fwd(Q, K, DIMS, PM, PL, PT, B, N, D, L, inv_temp,
 
 
 @triton.jit
-def _row_fwd(Q, P, H, K, LABELS, DIMS, W, PM, PL, PT, LSE_IB, CQ, LSE_H, LOSS, B, D, L, KH, NBN, inv_temp, inv_b,
-             HAS_IB: tl.constexpr, HAS_HARD: tl.constexpr, KP: tl.constexpr, BLOCK_D: tl.constexpr):
+def _row_fwd(Q, P, H, K, LABELS, DIMS, W, PM, PL, PT, LSE_IB, ALPHA, DELTA, BETA, LOSS, B, D, L, KH, NBN, inv_temp,
+             inv_b, HAS_IB: tl.constexpr, HAS_HARD: tl.constexpr, KP: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Per query: combine key-block statistics, hard-negative softmax, loss; and the per-row coefficients the
+    backward needs (all linear in the incoming gradient, so they are stored without it):
+    dq += BETA q + sum_c ALPHA_c cand_c, dcand_c = ALPHA_c q + DELTA_c cand_c, per level, on its prefix."""
     i = tl.program_id(0)
     offs_c = tl.arange(0, KP)  # candidate 0 = the positive, 1..KH = the query's hard negatives
     mask_c = offs_c < KH + 1
@@ -114,15 +123,26 @@ def _row_fwd(Q, P, H, K, LABELS, DIMS, W, PM, PL, PT, LSE_IB, CQ, LSE_H, LOSS, B
                 qk += tl.sum(q * k, axis=0)
                 k_sq += tl.sum(k * k, axis=0)
         start = end
-        a = 1.0 / tl.maximum(tl.sqrt(q_sq), EPS)
+        q_norm = tl.sqrt(q_sq)
+        a = 1.0 / tl.maximum(q_norm, EPS)
+        a_g = tl.where(q_norm >= EPS, a, 0.0)  # a zero vector gets no gradient
+        scale = tl.load(W + level) * inv_b  # dL/dloss_level per row, without the incoming gradient
         level_loss = 0.0
+        beta = 0.0
         if HAS_HARD:
-            bc = 1.0 / tl.maximum(tl.sqrt(c_sq), EPS)
+            c_norm = tl.sqrt(c_sq)
+            bc = 1.0 / tl.maximum(c_norm, EPS)
+            bc_g = tl.where(c_norm >= EPS, bc, 0.0)
             h = tl.where(mask_c, qc * a * bc * inv_temp, float("-inf"))
             h_max = tl.max(h, axis=0)
             lse_h = h_max + tl.log(tl.sum(tl.exp(h - h_max), axis=0))
-            tl.store(LSE_H + level * B + i, lse_h)
             level_loss += lse_h - tl.sum(tl.where(offs_c == 0, h, 0.0), axis=0)
+            grad_h = tl.where(mask_c, scale * (tl.exp(h - lse_h) - (offs_c == 0).to(tl.float32)), 0.0)
+            grad_h_h = grad_h * tl.where(mask_c, h, 0.0)
+            base = (level * B + i) * KP + offs_c
+            tl.store(ALPHA + base, grad_h * a_g * bc_g * inv_temp)
+            tl.store(DELTA + base, -bc_g * bc_g * grad_h_h)
+            beta += -a_g * a_g * tl.sum(grad_h_h, axis=0)
         if HAS_IB:
             run_m = float("-inf")
             run_l = 0.0
@@ -139,177 +159,166 @@ def _row_fwd(Q, P, H, K, LABELS, DIMS, W, PM, PL, PT, LSE_IB, CQ, LSE_H, LOSS, B
             lse = run_m + tl.log(run_l)
             s_label = qk * a * (1.0 / tl.maximum(tl.sqrt(k_sq), EPS)) * inv_temp
             tl.store(LSE_IB + level * B + i, lse)
-            tl.store(CQ + level * B + i, run_t / run_l - s_label)  # E_softmax[s] - s_label, for backward
             level_loss += lse - s_label
+            # query-norm correction: -a^2 sum_j dL/ds_ij s_ij = -a^2 scale (E_softmax[s] - s_label)
+            beta += -a_g * a_g * scale * (run_t / run_l - s_label)
+        tl.store(BETA + level * B + i, beta)
         row_loss += tl.load(W + level) * level_loss
     tl.atomic_add(LOSS, row_loss * inv_b)
 
 
 @triton.jit
-def _ib_bwd(Q, K, LABELS, DIMS, W, LSE_IB, GOUT, DQ, DK, CK, B, N, D, L, inv_temp, inv_b,
-            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+def _tile_grad(Q, K, LABELS, DIMS, W, LSE_IB, offs_m, offs_n, level, start, end, acc, q_sq, k_sq, B, N, D, inv_temp,
+               inv_b, BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
+    """Advance the prefix walk to ``end``; return dL/d(raw prefix dot) and dL/dlogits * logits for one level."""
     mask_m = offs_m < B
     mask_n = offs_n < N
+    for d0 in range(start, end, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < end
+        q = tl.load(Q + offs_m[:, None] * D + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        acc = _dot(q, tl.trans(k), acc, IEEE)
+        qf = q.to(tl.float32)
+        kf = k.to(tl.float32)
+        q_sq += tl.sum(qf * qf, axis=1)
+        k_sq += tl.sum(kf * kf, axis=1)
     valid = mask_m[:, None] & mask_n[None, :]
+    q_norm = tl.sqrt(q_sq)
+    k_norm = tl.sqrt(k_sq)
+    a = 1.0 / tl.maximum(q_norm, EPS)
+    b = 1.0 / tl.maximum(k_norm, EPS)
+    s = tl.where(valid, acc * a[:, None] * b[None, :] * inv_temp, 0.0)
+    lse = tl.load(LSE_IB + level * B + offs_m, mask=mask_m, other=0.0)
     labels = tl.load(LABELS + offs_m, mask=mask_m, other=-1)
-    onehot = (offs_n[None, :] == labels[:, None]) & valid
-    g_out = tl.load(GOUT).to(tl.float32)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    q_sq = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    k_sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    start = 0
-    for level in range(L):
-        end = tl.load(DIMS + level)
-        for d0 in range(start, end, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            mask_d = offs_d < end
-            q = tl.load(Q + offs_m[:, None] * D + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-            k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-            acc = _dot(q, tl.trans(k), acc, IEEE)
-            qf = q.to(tl.float32)
-            kf = k.to(tl.float32)
-            q_sq += tl.sum(qf * qf, axis=1)
-            k_sq += tl.sum(kf * kf, axis=1)
-        start = end
-        q_norm = tl.sqrt(q_sq)
-        k_norm = tl.sqrt(k_sq)
-        a = 1.0 / tl.maximum(q_norm, EPS)
-        b = 1.0 / tl.maximum(k_norm, EPS)
-        s = acc * a[:, None] * b[None, :] * inv_temp
-        lse = tl.load(LSE_IB + level * B + offs_m, mask=mask_m, other=0.0)
-        p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
-        g = g_out * tl.load(W + level) * inv_b
-        grad_s = g * (p - onehot.to(tl.float32))  # dL/dlogits
-        tl.atomic_add(CK + level * N + offs_n, tl.sum(tl.where(valid, grad_s * s, 0.0), axis=0), mask=mask_n)
-        a_g = tl.where(q_norm >= EPS, a, 0.0)
-        b_g = tl.where(k_norm >= EPS, b, 0.0)
-        grad_dot = grad_s * a_g[:, None] * b_g[None, :] * inv_temp  # dL/d(raw prefix dot)
-        for d0 in range(0, end, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            mask_d = offs_d < end
-            q = tl.load(Q + offs_m[:, None] * D + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-            k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-            dq = _dot(grad_dot, k.to(tl.float32), tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32), IEEE)
-            tl.atomic_add(DQ + offs_m[:, None] * D + offs_d[None, :], dq, mask=mask_m[:, None] & mask_d[None, :])
-            dk = _dot(tl.trans(grad_dot), q.to(tl.float32), tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32), IEEE)
-            tl.atomic_add(DK + offs_n[:, None] * D + offs_d[None, :], dk, mask=mask_n[:, None] & mask_d[None, :])
+    onehot = ((offs_n[None, :] == labels[:, None]) & valid).to(tl.float32)
+    grad_s = tl.where(valid, tl.exp(s - lse[:, None]), 0.0) - onehot
+    grad_s = grad_s * (tl.load(W + level) * inv_b)  # without the incoming gradient (applied at the end)
+    a_g = tl.where(q_norm >= EPS, a, 0.0)
+    b_g = tl.where(k_norm >= EPS, b, 0.0)
+    grad_dot = grad_s * a_g[:, None] * b_g[None, :] * inv_temp
+    return grad_dot, grad_s * s, acc, q_sq, k_sq, b_g
 
 
 @triton.jit
-def _row_bwd(Q, P, H, K, DIMS, W, CQ, LSE_H, CK, GOUT, DQ, DK, DC, OQ, OP, OH, OK, B, NK, D, L, KH, inv_temp, inv_b,
-             HAS_IB: tl.constexpr, HAS_HARD: tl.constexpr, KP: tl.constexpr, BLOCK_D: tl.constexpr):
-    r = tl.program_id(0)
+def _bwd_dq(Q, P, H, K, LABELS, DIMS, W, LSE_IB, ALPHA, DELTA, BETA, GOUT, OQ, OP, OH, B, N, D, L, KH, inv_temp,
+            inv_b, HAS_IB: tl.constexpr, HAS_HARD: tl.constexpr, KP: tl.constexpr, BLOCK_M: tl.constexpr,
+            BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, IEEE: tl.constexpr):
+    """dL/dq (and the hard candidates') for BLOCK_M queries x BLOCK_C feature columns; loops over all keys."""
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_m = offs_m < B
+    chunk_start = pid_c * BLOCK_C
     g_out = tl.load(GOUT).to(tl.float32)
-    offs_c = tl.arange(0, KP)
-    mask_c = offs_c < KH + 1
-    if r < B:  # a query row: hard-negative gradients and the query-norm correction
-        i = r
-        q_sq = 0.0
-        c_sq = tl.zeros((KP,), dtype=tl.float32)
-        qc = tl.zeros((KP,), dtype=tl.float32)
-        start = 0
-        for level in range(L):
-            end = tl.load(DIMS + level)
-            for d0 in range(start, end, BLOCK_D):
-                offs_d = d0 + tl.arange(0, BLOCK_D)
-                mask_d = offs_d < end
-                q = tl.load(Q + i * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-                q_sq += tl.sum(q * q, axis=0)
-                if HAS_HARD:
-                    pos = tl.load(P + i * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-                    neg_ptr = H + (i * KH + offs_c[:, None] - 1) * D + offs_d[None, :]
-                    neg = tl.load(neg_ptr, mask=(offs_c[:, None] >= 1) & mask_c[:, None] & mask_d[None, :],
-                                  other=0.0)
-                    cand = tl.where(offs_c[:, None] == 0, pos[None, :], neg.to(tl.float32))
-                    qc += tl.sum(cand * q[None, :], axis=1)
-                    c_sq += tl.sum(cand * cand, axis=1)
-            start = end
-            q_norm = tl.sqrt(q_sq)
-            a = 1.0 / tl.maximum(q_norm, EPS)
-            a_g = tl.where(q_norm >= EPS, a, 0.0)
-            g = g_out * tl.load(W + level) * inv_b
-            beta = 0.0  # coefficient of q in dq (norm corrections)
-            alpha = tl.zeros((KP,), dtype=tl.float32)  # coefficient of candidate c in dq, and of q in dcand_c
-            delta = tl.zeros((KP,), dtype=tl.float32)  # coefficient of candidate c in dcand_c
-            if HAS_HARD:
-                c_norm = tl.sqrt(c_sq)
-                bc = 1.0 / tl.maximum(c_norm, EPS)
-                bc_g = tl.where(c_norm >= EPS, bc, 0.0)
-                h = tl.where(mask_c, qc * a * bc * inv_temp, float("-inf"))
-                p = tl.where(mask_c, tl.exp(h - tl.load(LSE_H + level * B + i)), 0.0)
-                grad_h = tl.where(mask_c, g * (p - (offs_c == 0).to(tl.float32)), 0.0)
-                grad_h_h = grad_h * tl.where(mask_c, h, 0.0)
-                alpha = grad_h * a_g * bc_g * inv_temp
-                delta = -bc_g * bc_g * grad_h_h
-                beta += -a_g * a_g * tl.sum(grad_h_h, axis=0)
-            if HAS_IB:
-                beta += -a_g * a_g * g * tl.load(CQ + level * B + i)
-            for d0 in range(0, end, BLOCK_D):
-                offs_d = d0 + tl.arange(0, BLOCK_D)
-                mask_d = offs_d < end
-                q = tl.load(Q + i * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-                dq = tl.load(DQ + i * D + offs_d, mask=mask_d, other=0.0) + beta * q
-                if HAS_HARD:
-                    pos = tl.load(P + i * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-                    neg_ptr = H + (i * KH + offs_c[:, None] - 1) * D + offs_d[None, :]
-                    neg = tl.load(neg_ptr, mask=(offs_c[:, None] >= 1) & mask_c[:, None] & mask_d[None, :],
-                                  other=0.0)
-                    cand = tl.where(offs_c[:, None] == 0, pos[None, :], neg.to(tl.float32))
-                    dq += tl.sum(alpha[:, None] * cand, axis=0)
-                    dc_ptr = DC + (i * KP + offs_c[:, None]) * D + offs_d[None, :]
-                    dc_mask = mask_c[:, None] & mask_d[None, :]
-                    dc = tl.load(dc_ptr, mask=dc_mask, other=0.0)
-                    dc += alpha[:, None] * q[None, :] + delta[:, None] * cand
-                    tl.store(dc_ptr, dc, mask=dc_mask)
-                tl.store(DQ + i * D + offs_d, dq, mask=mask_d)
-        for d0 in range(0, D, BLOCK_D):  # cast to the input dtype
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            mask_d = offs_d < D
-            dq = tl.load(DQ + i * D + offs_d, mask=mask_d, other=0.0)
-            tl.store(OQ + i * D + offs_d, dq.to(OQ.dtype.element_ty), mask=mask_d)
-            if HAS_HARD:
-                dc = tl.load(DC + (i * KP + offs_c[:, None]) * D + offs_d[None, :],
-                             mask=mask_c[:, None] & mask_d[None, :], other=0.0)
-                dp = tl.sum(tl.where(offs_c[:, None] == 0, dc, 0.0), axis=0)
-                tl.store(OP + i * D + offs_d, dp.to(OP.dtype.element_ty), mask=mask_d)
-                tl.store(OH + (i * KH + offs_c[:, None] - 1) * D + offs_d[None, :], dc.to(OH.dtype.element_ty),
-                         mask=(offs_c[:, None] >= 1) & mask_c[:, None] & mask_d[None, :])
-    else:  # a key row: the key-norm correction -b^2 (sum_i dL/ds_ij s_ij) k
-        if HAS_IB:
-            j = r - B
-            k_sq = 0.0
+    dq = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    if HAS_IB:
+        for nb in range(0, tl.cdiv(N, BLOCK_N)):
+            offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            q_sq = tl.zeros((BLOCK_M,), dtype=tl.float32)
+            k_sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
             start = 0
             for level in range(L):
                 end = tl.load(DIMS + level)
-                for d0 in range(start, end, BLOCK_D):
-                    offs_d = d0 + tl.arange(0, BLOCK_D)
-                    k = tl.load(K + j * D + offs_d, mask=offs_d < end, other=0.0).to(tl.float32)
-                    k_sq += tl.sum(k * k, axis=0)
+                grad_dot, _gs, acc, q_sq, k_sq, _b = _tile_grad(Q, K, LABELS, DIMS, W, LSE_IB, offs_m, offs_n, level,
+                                                                 start, end, acc, q_sq, k_sq, B, N, D, inv_temp,
+                                                                 inv_b, BLOCK_D, IEEE)
                 start = end
-                k_norm = tl.sqrt(k_sq)
-                b_g = tl.where(k_norm >= EPS, 1.0 / tl.maximum(k_norm, EPS), 0.0)
-                coef = -b_g * b_g * tl.load(CK + level * NK + j)
-                for d0 in range(0, end, BLOCK_D):
-                    offs_d = d0 + tl.arange(0, BLOCK_D)
-                    mask_d = offs_d < end
-                    k = tl.load(K + j * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-                    dk = tl.load(DK + j * D + offs_d, mask=mask_d, other=0.0)
-                    tl.store(DK + j * D + offs_d, dk + coef * k, mask=mask_d)
-            for d0 in range(0, D, BLOCK_D):
-                offs_d = d0 + tl.arange(0, BLOCK_D)
-                mask_d = offs_d < D
-                dk = tl.load(DK + j * D + offs_d, mask=mask_d, other=0.0)
-                tl.store(OK + j * D + offs_d, dk.to(OK.dtype.element_ty), mask=mask_d)
+                if end > chunk_start:  # this level's prefix reaches into our columns
+                    kc = tl.load(K + offs_n[:, None] * D + offs_c[None, :],
+                                 mask=(offs_n[:, None] < N) & (offs_c[None, :] < end), other=0.0)
+                    dq = _dot(grad_dot.to(kc.dtype), kc, dq, IEEE)
+    q_chunk = tl.load(Q + offs_m[:, None] * D + offs_c[None, :],
+                      mask=mask_m[:, None] & (offs_c[None, :] < D), other=0.0).to(tl.float32)
+    beta = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    for level in range(L):
+        cover = offs_c[None, :] < tl.load(DIMS + level)
+        beta += tl.where(cover, tl.load(BETA + level * B + offs_m, mask=mask_m, other=0.0)[:, None], 0.0)
+    dq += beta * q_chunk
+    if HAS_HARD:
+        for c in range(KH + 1):
+            pos = tl.load(P + offs_m[:, None] * D + offs_c[None, :],
+                          mask=(c == 0) & mask_m[:, None] & (offs_c[None, :] < D), other=0.0)
+            neg = tl.load(H + (offs_m[:, None] * KH + c - 1) * D + offs_c[None, :],
+                          mask=(c >= 1) & mask_m[:, None] & (offs_c[None, :] < D), other=0.0)
+            cand = pos.to(tl.float32) + neg.to(tl.float32)
+            alpha = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+            delta = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+            for level in range(L):
+                cover = offs_c[None, :] < tl.load(DIMS + level)
+                base = (level * B + offs_m) * KP + c
+                alpha += tl.where(cover, tl.load(ALPHA + base, mask=mask_m, other=0.0)[:, None], 0.0)
+                delta += tl.where(cover, tl.load(DELTA + base, mask=mask_m, other=0.0)[:, None], 0.0)
+            dq += alpha * cand
+            dcand = (alpha * q_chunk + delta * cand) * g_out
+            if c == 0:
+                tl.store(OP + offs_m[:, None] * D + offs_c[None, :], dcand.to(OP.dtype.element_ty),
+                         mask=mask_m[:, None] & (offs_c[None, :] < D))
+            else:
+                tl.store(OH + (offs_m[:, None] * KH + c - 1) * D + offs_c[None, :], dcand.to(OH.dtype.element_ty),
+                         mask=mask_m[:, None] & (offs_c[None, :] < D))
+    tl.store(OQ + offs_m[:, None] * D + offs_c[None, :], (dq * g_out).to(OQ.dtype.element_ty),
+             mask=mask_m[:, None] & (offs_c[None, :] < D))
 
 
-def _blocks(batch: int, dim: int) -> tuple[int, int, int]:
-    block_m = 16 if batch <= 16 else 32 if batch <= 32 else 64
-    block_d = 32 if dim <= 32 else 64
-    return block_m, 64, block_d
+@triton.jit
+def _bwd_dk(Q, K, LABELS, DIMS, W, LSE_IB, GOUT, OK, B, N, D, L, inv_temp, inv_b, LP: tl.constexpr,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
+            IEEE: tl.constexpr):
+    """dL/dk for BLOCK_N keys x BLOCK_C feature columns; loops over all queries (no atomics)."""
+    pid_n = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_n = offs_n < N
+    chunk_start = pid_c * BLOCK_C
+    levels = tl.arange(0, LP)
+    g_out = tl.load(GOUT).to(tl.float32)
+    dk = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
+    col_sums = tl.zeros((BLOCK_N, LP), dtype=tl.float32)  # per level: sum_i dL/ds_ij s_ij
+    inv_norms = tl.zeros((BLOCK_N, LP), dtype=tl.float32)  # per level: b_j (0 for a zero vector)
+    for mb in range(0, tl.cdiv(B, BLOCK_M)):
+        offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        q_sq = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        k_sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        start = 0
+        for level in range(L):
+            end = tl.load(DIMS + level)
+            grad_dot, grad_s_s, acc, q_sq, k_sq, b_g = _tile_grad(Q, K, LABELS, DIMS, W, LSE_IB, offs_m, offs_n,
+                                                                  level, start, end, acc, q_sq, k_sq, B, N, D,
+                                                                  inv_temp, inv_b, BLOCK_D, IEEE)
+            start = end
+            here = levels[None, :] == level
+            col_sums += tl.where(here, tl.sum(grad_s_s, axis=0)[:, None], 0.0)
+            inv_norms = tl.where(here, b_g[:, None], inv_norms)
+            if end > chunk_start:
+                qc = tl.load(Q + offs_m[:, None] * D + offs_c[None, :],
+                             mask=(offs_m[:, None] < B) & (offs_c[None, :] < end), other=0.0)
+                dk = _dot(tl.trans(grad_dot.to(qc.dtype)), qc, dk, IEEE)
+    k_chunk = tl.load(K + offs_n[:, None] * D + offs_c[None, :], mask=mask_n[:, None] & (offs_c[None, :] < D),
+                      other=0.0).to(tl.float32)
+    correction = -inv_norms * inv_norms * col_sums  # [BLOCK_N, LP]: key-norm correction per level
+    coef = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
+    for level in range(L):
+        cover = offs_c[None, :] < tl.load(DIMS + level)
+        per_key = tl.sum(tl.where(levels[None, :] == level, correction, 0.0), axis=1)
+        coef += tl.where(cover, per_key[:, None], 0.0)
+    dk += coef * k_chunk
+    tl.store(OK + offs_n[:, None] * D + offs_c[None, :], (dk * g_out).to(OK.dtype.element_ty),
+             mask=mask_n[:, None] & (offs_c[None, :] < D))
+
+
+def _blocks(batch: int, dim: int) -> dict[str, int]:
+    return {"BLOCK_M": 16 if batch <= 16 else 32 if batch <= 32 else 64, "BLOCK_N": 64,
+            "BLOCK_D": 32 if dim <= 32 else 64}
+
+
+def _column_block(dim: int) -> int:
+    """Feature columns per backward program: wide enough to limit recomputation, small enough for registers."""
+    return max(16, min(256, triton.next_power_of_2(dim)))
 
 
 class _FusedContrastive(torch.autograd.Function):
@@ -318,58 +327,58 @@ class _FusedContrastive(torch.autograd.Function):
         q, pos = q.contiguous(), pos.contiguous()
         batch, dim = q.shape
         has_ib, has_hard = keys is not None, neg is not None
-        neg = neg.contiguous() if has_hard else pos  # dummy pointer when absent
+        neg = neg.contiguous() if has_hard else pos  # a dummy pointer when absent
         keys = keys.contiguous() if has_ib else q
-        n_keys = keys.shape[0] if has_ib else 0
-        k_hard = neg.shape[1] if has_hard else 0
-        n_levels = len(dims)
+        labels = labels.contiguous() if has_ib else torch.zeros(1, dtype=torch.long, device=q.device)
+        n_keys, k_hard, n_levels = (keys.shape[0] if has_ib else 0), (neg.shape[1] if has_hard else 0), len(dims)
         device = q.device
         dims_t = torch.tensor(list(dims), dtype=torch.int32, device=device)
         weights_t = torch.tensor(list(weights), dtype=torch.float32, device=device)
-        labels = labels.to(torch.int32).contiguous() if has_ib else dims_t
-        block_m, block_n, block_d = _blocks(batch, dim)
-        n_blocks = triton.cdiv(n_keys, block_n) if has_ib else 1
+        blocks = _blocks(batch, dim)
+        n_blocks = triton.cdiv(n_keys, blocks["BLOCK_N"]) if has_ib else 1
+        kp = triton.next_power_of_2(k_hard + 1)
         ieee = q.dtype == torch.float32
         stats = torch.empty((3, n_blocks, n_levels, batch), dtype=torch.float32, device=device)
-        per_row = torch.empty((3, n_levels, batch), dtype=torch.float32, device=device)  # lse_ib, cq, lse_h
-        loss = torch.zeros(1, dtype=torch.float32, device=device)
+        lse_ib = torch.empty((n_levels, batch), dtype=torch.float32, device=device)
+        coefs = torch.empty((2, n_levels, batch, kp) if has_hard else (2, 1), dtype=torch.float32, device=device)
+        beta = torch.empty((n_levels, batch), dtype=torch.float32, device=device)
         inv_temp, inv_b = 1.0 / temperature, 1.0 / batch
         if has_ib:
-            grid = (triton.cdiv(batch, block_m), n_blocks)
-            _ib_fwd[grid](q, keys, dims_t, stats[0], stats[1], stats[2], batch, n_keys, dim, n_levels, inv_temp,
-                          BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, IEEE=ieee)
-        kp = triton.next_power_of_2(k_hard + 1)
-        _row_fwd[(batch,)](q, pos, neg, keys, labels, dims_t, weights_t, stats[0], stats[1], stats[2],
-                           per_row[0], per_row[1], per_row[2], loss, batch, dim, n_levels, k_hard, n_blocks,
-                           inv_temp, inv_b, HAS_IB=has_ib, HAS_HARD=has_hard, KP=kp, BLOCK_D=block_d)
-        ctx.save_for_backward(q, pos, neg, keys, labels, dims_t, weights_t, per_row)
-        ctx.meta = (has_ib, has_hard, n_keys, k_hard, kp, inv_temp, inv_b, (block_m, block_n, block_d), ieee)
+            loss = torch.empty(1, dtype=torch.float32, device=device)  # zeroed by _ib_fwd
+            grid = (triton.cdiv(batch, blocks["BLOCK_M"]), n_blocks)
+            _ib_fwd[grid](q, keys, dims_t, stats[0], stats[1], stats[2], loss, batch, n_keys, dim, n_levels,
+                          inv_temp, IEEE=ieee, **blocks)
+        else:
+            loss = torch.zeros(1, dtype=torch.float32, device=device)
+        _row_fwd[(batch,)](q, pos, neg, keys, labels, dims_t, weights_t, stats[0], stats[1], stats[2], lse_ib,
+                           coefs[0], coefs[1], beta, loss, batch, dim, n_levels, k_hard, n_blocks, inv_temp, inv_b,
+                           HAS_IB=has_ib, HAS_HARD=has_hard, KP=kp, BLOCK_D=blocks["BLOCK_D"])
+        ctx.save_for_backward(q, pos, neg, keys, labels, dims_t, weights_t, lse_ib, coefs, beta)
+        ctx.meta = (has_ib, has_hard, n_keys, k_hard, kp, inv_temp, inv_b, blocks, ieee)
         return loss[0]
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, pos, neg, keys, labels, dims_t, weights_t, per_row = ctx.saved_tensors
-        has_ib, has_hard, n_keys, k_hard, kp, inv_temp, inv_b, (block_m, block_n, block_d), ieee = ctx.meta
+        q, pos, neg, keys, labels, dims_t, weights_t, lse_ib, coefs, beta = ctx.saved_tensors
+        has_ib, has_hard, n_keys, k_hard, kp, inv_temp, inv_b, blocks, ieee = ctx.meta
         batch, dim = q.shape
         n_levels = dims_t.shape[0]
-        grad_out = grad_out.reshape(1).to(torch.float32).contiguous()
-        # One zero-filled fp32 scratch: dq, dk, key-norm column sums, per-candidate grads.
-        sizes = [batch * dim, n_keys * dim, n_levels * n_keys, batch * kp * dim if has_hard else 0]
-        scratch = torch.zeros(sum(sizes), dtype=torch.float32, device=q.device)
-        dq_acc, dk_acc, ck, dc = torch.split(scratch, sizes)
+        grad_out = grad_out.reshape(1).to(torch.float32)
+        block_c = _column_block(dim)
+        warps = 8 if block_c >= 256 else 4
         out_q = torch.empty_like(q)
         out_p = torch.empty_like(pos) if has_hard else None
         out_h = torch.empty_like(neg) if has_hard else None
-        out_k = torch.empty_like(keys) if has_ib else None
+        _bwd_dq[(triton.cdiv(batch, blocks["BLOCK_M"]), triton.cdiv(dim, block_c))](
+            q, pos, neg, keys, labels, dims_t, weights_t, lse_ib, coefs[0], coefs[1], beta, grad_out, out_q,
+            out_p if has_hard else q, out_h if has_hard else q, batch, n_keys, dim, n_levels, k_hard, inv_temp, inv_b,
+            HAS_IB=has_ib, HAS_HARD=has_hard, KP=kp, BLOCK_C=block_c, IEEE=ieee, num_warps=warps, **blocks)
+        out_k = None
         if has_ib:
-            grid = (triton.cdiv(batch, block_m), triton.cdiv(n_keys, block_n))
-            _ib_bwd[grid](q, keys, labels, dims_t, weights_t, per_row[0], grad_out, dq_acc, dk_acc, ck, batch,
-                          n_keys, dim, n_levels, inv_temp, inv_b,
-                          BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, IEEE=ieee)
-        _row_bwd[(batch + n_keys,)](q, pos, neg, keys, dims_t, weights_t, per_row[1], per_row[2], ck, grad_out,
-                                    dq_acc, dk_acc, dc, out_q, out_p if has_hard else q, out_h if has_hard else q,
-                                    out_k if has_ib else q, batch, max(n_keys, 1), dim, n_levels, k_hard, inv_temp,
-                                    inv_b, HAS_IB=has_ib, HAS_HARD=has_hard, KP=kp, BLOCK_D=block_d)
+            out_k = torch.empty_like(keys)
+            _bwd_dk[(triton.cdiv(n_keys, blocks["BLOCK_N"]), triton.cdiv(dim, block_c))](
+                q, keys, labels, dims_t, weights_t, lse_ib, grad_out, out_k, batch, n_keys, dim, n_levels, inv_temp,
+                inv_b, LP=triton.next_power_of_2(n_levels), BLOCK_C=block_c, IEEE=ieee, num_warps=warps, **blocks)
         return out_q, out_p, out_h, out_k, None, None, None, None
 
 
