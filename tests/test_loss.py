@@ -129,3 +129,18 @@ def test_bad_arguments_are_explained(kwargs, message):
         contrastive_loss(q, p, None, **kwargs)
     with pytest.raises(ValueError, match=r"negatives must be \[B, k, d\]"):
         contrastive_loss(q, p, torch.zeros(3, 2, 16))
+
+
+@pytest.mark.parametrize("target_programs", [1, 2, 3])
+def test_triton_key_splits_spanning_several_key_blocks(monkeypatch, target_programs):
+    """Each forward program merges several key blocks online when the keys are split fewer ways than blocks."""
+    from f2llm_lib.losses import fused
+
+    monkeypatch.setattr(fused, "TARGET_PROGRAMS", target_programs)
+    tensors = _inputs(5, 24, 2, 300, seed=5)  # 305 keys = 5 key blocks of 64
+    truth, truth_grads = _loss_and_grads("reference", tensors, torch.float64, True, True)
+    loss, grads = _loss_and_grads("triton", tensors, torch.float32, True, True)
+    atol, rtol = TOLERANCES[torch.float32]
+    assert_verbose_allclose(loss, truth, atol, rtol, name="loss")
+    for index, (grad, expected) in enumerate(zip(grads, truth_grads, strict=True)):
+        assert_verbose_allclose(grad, expected, atol, rtol, name=f"grad of input {index}")

@@ -95,6 +95,9 @@ def measure(impl: str, regime: str, batch: int, dim: int, device: str, dtype: to
     baseline_rss = _rss_mb()
     if device == "cuda":
         run()  # warm-up: compilation and autotuning are not part of the steady state
+        for t in (q, p, k, n):
+            if t is not None:
+                t.grad = None  # the baseline holds the inputs only, not the warm-up's gradients
         _sync(device)
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()

@@ -35,6 +35,8 @@ import triton
 import triton.language as tl
 
 EPS = tl.constexpr(1e-12)
+# Programs the forward grid aims for (a few per SM on an H100); tests lower it to exercise multi-block splits.
+TARGET_PROGRAMS = 512
 
 
 @triton.jit
@@ -46,43 +48,64 @@ def _dot(a, b, acc, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _ib_fwd(Q, K, DIMS, PM, PL, PT, LOSS, B, N, D, L, inv_temp,
+def _ib_fwd(Q, K, DIMS, PM, PL, PT, LOSS, B, N, D, L, inv_temp, BLOCKS_PER_SPLIT, LP: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
+    """One query block x one split of the keys (BLOCKS_PER_SPLIT key blocks, merged online in registers)."""
     pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    if (pid_m == 0) & (pid_n == 0):
+    pid_s = tl.program_id(1)
+    if (pid_m == 0) & (pid_s == 0):
         tl.store(LOSS, 0.0)  # the row kernel, launched next, accumulates into it
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < B
-    mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    q_sq = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    k_sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    start = 0
-    for level in range(L):
-        end = tl.load(DIMS + level)
-        for d0 in range(start, end, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            mask_d = offs_d < end
-            q = tl.load(Q + offs_m[:, None] * D + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-            k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-            acc = _dot(q, tl.trans(k), acc, IEEE)
-            qf = q.to(tl.float32)
-            kf = k.to(tl.float32)
-            q_sq += tl.sum(qf * qf, axis=1)
-            k_sq += tl.sum(kf * kf, axis=1)
-        start = end
-        a = 1.0 / tl.maximum(tl.sqrt(q_sq), EPS)
-        b = 1.0 / tl.maximum(tl.sqrt(k_sq), EPS)
-        s = acc * a[:, None] * b[None, :] * inv_temp
-        s = tl.where(mask_n[None, :], s, 0.0)
-        row_max = tl.max(tl.where(mask_n[None, :], s, float("-inf")), axis=1)
-        p = tl.where(mask_n[None, :], tl.exp(s - row_max[:, None]), 0.0)
-        base = (pid_n * L + level) * B + offs_m
-        tl.store(PM + base, row_max, mask=mask_m)
-        tl.store(PL + base, tl.sum(p, axis=1), mask=mask_m)
-        tl.store(PT + base, tl.sum(p * s, axis=1), mask=mask_m)
+    levels = tl.arange(0, LP)
+    run_m = tl.full((BLOCK_M, LP), float("-inf"), dtype=tl.float32)  # per level: running max,
+    run_l = tl.zeros((BLOCK_M, LP), dtype=tl.float32)  # sum of exp(s - max),
+    run_t = tl.zeros((BLOCK_M, LP), dtype=tl.float32)  # and softmax-weighted sum of logits
+    first = pid_s * BLOCKS_PER_SPLIT
+    last = tl.minimum(first + BLOCKS_PER_SPLIT, tl.cdiv(N, BLOCK_N))
+    for kb in range(first, last):
+        offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        q_sq = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        k_sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        start = 0
+        for level in range(L):
+            end = tl.load(DIMS + level)
+            for d0 in range(start, end, BLOCK_D):
+                offs_d = d0 + tl.arange(0, BLOCK_D)
+                mask_d = offs_d < end
+                q = tl.load(Q + offs_m[:, None] * D + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :],
+                            other=0.0)
+                k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :],
+                            other=0.0)
+                acc = _dot(q, tl.trans(k), acc, IEEE)
+                qf = q.to(tl.float32)
+                kf = k.to(tl.float32)
+                q_sq += tl.sum(qf * qf, axis=1)
+                k_sq += tl.sum(kf * kf, axis=1)
+            start = end
+            a = 1.0 / tl.maximum(tl.sqrt(q_sq), EPS)
+            b = 1.0 / tl.maximum(tl.sqrt(k_sq), EPS)
+            s = tl.where(mask_n[None, :], acc * a[:, None] * b[None, :] * inv_temp, 0.0)
+            tile_max = tl.max(tl.where(mask_n[None, :], s, float("-inf")), axis=1)
+            p = tl.where(mask_n[None, :], tl.exp(s - tile_max[:, None]), 0.0)
+            here = levels[None, :] == level
+            old_m = tl.sum(tl.where(here, run_m, 0.0), axis=1)
+            old_m = tl.where(kb == first, float("-inf"), old_m)
+            new_m = tl.maximum(old_m, tile_max)
+            keep = tl.exp(old_m - new_m)
+            add = tl.exp(tile_max - new_m)
+            new_l = tl.sum(tl.where(here, run_l, 0.0), axis=1) * keep + tl.sum(p, axis=1) * add
+            new_t = tl.sum(tl.where(here, run_t, 0.0), axis=1) * keep + tl.sum(p * s, axis=1) * add
+            run_m = tl.where(here, new_m[:, None], run_m)
+            run_l = tl.where(here, new_l[:, None], run_l)
+            run_t = tl.where(here, new_t[:, None], run_t)
+    offsets = (pid_s * L + levels[None, :]) * B + offs_m[:, None]
+    mask = mask_m[:, None] & (levels[None, :] < L)
+    tl.store(PM + offsets, run_m, mask=mask)
+    tl.store(PL + offsets, run_l, mask=mask)
+    tl.store(PT + offsets, run_t, mask=mask)
 
 
 @triton.jit
@@ -139,22 +162,22 @@ def _row_fwd(Q, P, H, K, LABELS, DIMS, W, PM, PL, PT, LSE_IB, ALPHA, DELTA, BETA
             level_loss += lse_h - tl.sum(tl.where(offs_c == 0, h, 0.0), axis=0)
             grad_h = tl.where(mask_c, scale * (tl.exp(h - lse_h) - (offs_c == 0).to(tl.float32)), 0.0)
             grad_h_h = grad_h * tl.where(mask_c, h, 0.0)
-            base = (level * B + i) * KP + offs_c
-            tl.store(ALPHA + base, grad_h * a_g * bc_g * inv_temp)
-            tl.store(DELTA + base, -bc_g * bc_g * grad_h_h)
+            coef_offsets = (level * B + i) * KP + offs_c
+            tl.store(ALPHA + coef_offsets, grad_h * a_g * bc_g * inv_temp)
+            tl.store(DELTA + coef_offsets, -bc_g * bc_g * grad_h_h)
             beta += -a_g * a_g * tl.sum(grad_h_h, axis=0)
         if HAS_IB:
             run_m = float("-inf")
             run_l = 0.0
             run_t = 0.0
             for nb in range(NBN):
-                base = (nb * L + level) * B + i
-                m_b = tl.load(PM + base)
+                stat = (nb * L + level) * B + i
+                m_b = tl.load(PM + stat)
                 new_m = tl.maximum(run_m, m_b)
                 keep = tl.exp(run_m - new_m)
                 add = tl.exp(m_b - new_m)
-                run_l = run_l * keep + tl.load(PL + base) * add
-                run_t = run_t * keep + tl.load(PT + base) * add
+                run_l = run_l * keep + tl.load(PL + stat) * add
+                run_t = run_t * keep + tl.load(PT + stat) * add
                 run_m = new_m
             lse = run_m + tl.log(run_l)
             s_label = qk * a * (1.0 / tl.maximum(tl.sqrt(k_sq), EPS)) * inv_temp
@@ -248,9 +271,9 @@ def _bwd_dq(Q, P, H, K, LABELS, DIMS, W, LSE_IB, ALPHA, DELTA, BETA, GOUT, OQ, O
             delta = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
             for level in range(L):
                 cover = offs_c[None, :] < tl.load(DIMS + level)
-                base = (level * B + offs_m) * KP + c
-                alpha += tl.where(cover, tl.load(ALPHA + base, mask=mask_m, other=0.0)[:, None], 0.0)
-                delta += tl.where(cover, tl.load(DELTA + base, mask=mask_m, other=0.0)[:, None], 0.0)
+                coef_offsets = (level * B + offs_m) * KP + c
+                alpha += tl.where(cover, tl.load(ALPHA + coef_offsets, mask=mask_m, other=0.0)[:, None], 0.0)
+                delta += tl.where(cover, tl.load(DELTA + coef_offsets, mask=mask_m, other=0.0)[:, None], 0.0)
             dq += alpha * cand
             dcand = (alpha * q_chunk + delta * cand) * g_out
             if c == 0:
@@ -316,6 +339,15 @@ def _blocks(batch: int, dim: int) -> dict[str, int]:
             "BLOCK_D": 32 if dim <= 32 else 64}
 
 
+def _key_splits(batch: int, n_keys: int, blocks: dict[str, int]) -> int:
+    """How many ways to split the keys: enough programs to fill a GPU (16 local queries give one query block),
+    no more, since each split keeps a few floats per query and level (memory B x splits, never B x N)."""
+    key_blocks = triton.cdiv(n_keys, blocks["BLOCK_N"])
+    query_blocks = triton.cdiv(batch, blocks["BLOCK_M"])
+    wanted = max(1, min(key_blocks, triton.cdiv(TARGET_PROGRAMS, query_blocks)))
+    return triton.cdiv(key_blocks, triton.cdiv(key_blocks, wanted))  # no empty splits
+
+
 def _column_block(dim: int) -> int:
     """Feature columns per backward program: wide enough to limit recomputation, small enough for registers."""
     return max(16, min(256, triton.next_power_of_2(dim)))
@@ -335,7 +367,7 @@ class _FusedContrastive(torch.autograd.Function):
         dims_t = torch.tensor(list(dims), dtype=torch.int32, device=device)
         weights_t = torch.tensor(list(weights), dtype=torch.float32, device=device)
         blocks = _blocks(batch, dim)
-        n_blocks = triton.cdiv(n_keys, blocks["BLOCK_N"]) if has_ib else 1
+        n_blocks = _key_splits(batch, n_keys, blocks) if has_ib else 1  # statistics per row: one set per split
         kp = triton.next_power_of_2(k_hard + 1)
         ieee = q.dtype == torch.float32
         stats = torch.empty((3, n_blocks, n_levels, batch), dtype=torch.float32, device=device)
@@ -345,9 +377,10 @@ class _FusedContrastive(torch.autograd.Function):
         inv_temp, inv_b = 1.0 / temperature, 1.0 / batch
         if has_ib:
             loss = torch.empty(1, dtype=torch.float32, device=device)  # zeroed by _ib_fwd
+            per_split = triton.cdiv(triton.cdiv(n_keys, blocks["BLOCK_N"]), n_blocks)
             grid = (triton.cdiv(batch, blocks["BLOCK_M"]), n_blocks)
             _ib_fwd[grid](q, keys, dims_t, stats[0], stats[1], stats[2], loss, batch, n_keys, dim, n_levels,
-                          inv_temp, IEEE=ieee, **blocks)
+                          inv_temp, per_split, LP=triton.next_power_of_2(n_levels), IEEE=ieee, **blocks)
         else:
             loss = torch.zeros(1, dtype=torch.float32, device=device)
         _row_fwd[(batch,)](q, pos, neg, keys, labels, dims_t, weights_t, stats[0], stats[1], stats[2], lse_ib,
