@@ -31,6 +31,11 @@ def mrl_weights(dims: Sequence[int], hidden_size: int) -> list[float]:
     return [1.0 / ((ranked.index(dim) + 1) * math.sqrt(hidden_size / dim)) for dim in dims]
 
 
+def auto_chunk_size(batch: int, tile_elements: int = 1 << 22) -> int:
+    """Keys per chunk so that one [batch, chunk] fp32 tile stays at 16 MB: memory stays linear in B + N."""
+    return int(min(8192, max(64, tile_elements // max(batch, 1))))
+
+
 def _check(queries, positives, negatives, shared_negatives, in_batch, dims, temperature) -> None:
     if queries.ndim != 2 or positives.shape != queries.shape:
         raise ValueError(f"queries and positives must both be [B, d]; got {tuple(queries.shape)} and "
@@ -61,7 +66,7 @@ def contrastive_loss(
     mrl_dims: Sequence[int] | str | None = None,
     stop_grad_gather: bool = False,
     impl: str = "auto",
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """F2LLM's loss for one batch of one dataset, summed over MRL levels.
 
@@ -76,7 +81,7 @@ def contrastive_loss(
         mrl_dims: None (full dim only), ``"f2llm_v2"`` (8, 16, ..., d) or increasing prefix dims.
         stop_grad_gather: reproduce the released code's non-differentiable gather (see ``distributed``).
         impl: ``"auto"`` (triton on CUDA, chunked on CPU), ``"reference"``, ``"chunked"``, ``"triton"``.
-        chunk_size: keys per chunk for ``chunked``.
+        chunk_size: keys per chunk for ``chunked`` (None: as many as keep one B x chunk tile at 4M floats).
 
     Returns the mean over local queries; in a multi-process run, averaging parameter gradients over ranks
     (as DDP does) gives the gradient of the mean over all queries of all ranks.
@@ -105,6 +110,7 @@ def contrastive_loss(
     if impl == "reference":
         return reference_loss(queries, positives, negatives, keys, labels, dims, weights, temperature)
     if impl == "chunked":
+        chunk_size = chunk_size or auto_chunk_size(queries.shape[0])
         return chunked_loss(queries, positives, negatives, keys, labels, dims, weights, temperature, chunk_size)
     if not queries.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("impl='triton' needs a CUDA tensor (or TRITON_INTERPRET=1 set before importing "

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .api import mrl_levels, mrl_weights
+from .api import auto_chunk_size, mrl_levels, mrl_weights
 from .chunked import chunked_loss
 from .reference import reference_loss
 
@@ -57,7 +57,7 @@ def _step_fn(impl: str, regime: str):
         compiled = torch.compile(reference_loss, dynamic=False)
         return lambda q, p, n, k, y, d, w: compiled(q, p, n, k, y, d, w, TEMPERATURE)
     if impl == "chunked":
-        return lambda q, p, n, k, y, d, w: chunked_loss(q, p, n, k, y, d, w, TEMPERATURE, chunk=512)
+        return lambda q, p, n, k, y, d, w: chunked_loss(q, p, n, k, y, d, w, TEMPERATURE, auto_chunk_size(len(q)))
     if impl == "triton":
         from .fused import fused_loss
 

@@ -1,0 +1,69 @@
+"""Read source records from local jsonl / csv / tsv / parquet files (with row numbers for errors) or the hub."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from .schema import DataError
+
+FORMATS = ("jsonl", "csv", "tsv", "parquet")
+
+
+def infer_format(path: Path) -> str:
+    suffix = path.suffix.lower().lstrip(".")
+    fmt = {"json": "jsonl", "jsonl": "jsonl", "csv": "csv", "tsv": "tsv", "parquet": "parquet"}.get(suffix)
+    if fmt is None:
+        raise DataError(f"{path}: cannot tell the format from the suffix '.{suffix}'; name it with 'format:' "
+                        f"(one of {FORMATS})")
+    return fmt
+
+
+def read_local(path: Path, fmt: str | None = None) -> Iterator[tuple[str, dict]]:
+    """Yield ``(where, record)``; ``where`` is 'file:line' (or 'file:row') for error messages."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; check the recipe's source.path")
+    fmt = fmt or infer_format(path)
+    if fmt not in FORMATS:
+        raise DataError(f"{path}: unknown format {fmt!r}; use one of {FORMATS}")
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        for index, record in enumerate(pq.read_table(path).to_pylist()):
+            yield f"{path}:row {index}", record
+        return
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}); re-encode the file as "
+                        "UTF-8 (e.g. iconv -f latin1 -t utf-8)") from exc
+    if fmt == "jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg}); each line must be one object") from exc
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            yield f"{path}:{number}", record
+        return
+    reader = csv.DictReader(text.splitlines(), delimiter="\t" if fmt == "tsv" else ",")
+    for number, record in enumerate(reader, start=2):  # line 1 is the header
+        if None in record:
+            raise DataError(f"{path}:{number}: more fields than the header has; check the delimiter or quoting")
+        yield f"{path}:{number}", record
+
+
+def read_hub(dataset_id: str, config: str | None, split: str) -> Iterator[tuple[str, dict]]:
+    """Records of a hub dataset (needs network access; the offline default never calls this)."""
+    from datasets import load_dataset
+
+    data = load_dataset(dataset_id, config, split=split)
+    for index, record in enumerate(data):
+        yield f"{dataset_id}[{split}]:row {index}", record
