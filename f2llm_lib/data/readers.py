@@ -60,10 +60,11 @@ def read_local(path: Path, fmt: str | None = None) -> Iterator[tuple[str, dict]]
         yield f"{path}:{number}", record
 
 
-def read_hub(dataset_id: str, config: str | None, split: str) -> Iterator[tuple[str, dict]]:
+def read_hub(dataset_id: str, config: str | None, split: str,
+             data_files: str | None = None) -> Iterator[tuple[str, dict]]:
     """Records of a hub dataset (needs network access; the offline default never calls this)."""
     from datasets import load_dataset
 
-    data = load_dataset(dataset_id, config, split=split)
+    data = load_dataset(dataset_id, config, split=split, data_files=data_files)
     for index, record in enumerate(data):
         yield f"{dataset_id}[{split}]:row {index}", record

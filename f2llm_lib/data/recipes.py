@@ -1,0 +1,292 @@
+"""Declarative recipes (``data_recipes/*.yaml``) that turn a source dataset into F2LLM tuples.
+
+A recipe names its source (a hub dataset, a local file, or ``pycode``), maps source columns to roles, says how
+positives and negatives are built, and caps the sample count. Every key is checked: an unknown or misspelt key
+is an error naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..paths import REPO_ROOT, shared_data_dir
+from .readers import read_hub, read_local
+from .schema import TASK_TYPES, DataError, TrainingTuple, check_text
+
+RECIPE_DIR = REPO_ROOT / "data_recipes"
+BUILDS = {  # build kind -> (task types it makes, source fields it needs)
+    "tuples": (TASK_TYPES, ("query", "positive")),
+    "pairs": (("retrieval",), ("s1", "s2")),
+    "label_verbalisation": (("classification",), ("text", "label")),
+    "same_cluster": (("clustering",), ("text", "label")),
+    "pycode": (TASK_TYPES, ()),
+}
+TOP_KEYS = {"name", "description", "task_type", "tasks", "instruction", "instructions", "source", "fields", "build",
+            "mining", "max_samples", "seed", "decontaminate_against"}
+SOURCE_KEYS = {"kind", "path", "format", "hub_id", "config", "split", "packages", "data_files"}
+BUILD_KEYS = {"kind", "score_min", "label_names", "num_negatives"}
+MINING_KEYS = {"scorer", "range_min", "range_max", "max_score", "relative_margin", "num_negatives", "on_shortfall"}
+
+
+@dataclass
+class Recipe:
+    path: Path
+    name: str
+    source: dict[str, Any]
+    build: dict[str, Any]
+    task_type: str | None = None
+    tasks: list[str] = field(default_factory=list)
+    instruction: str = ""
+    instructions: dict[str, str] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)
+    mining: dict[str, Any] = field(default_factory=dict)
+    max_samples: int | None = None
+    seed: int = 0
+    decontaminate_against: list[str] = field(default_factory=list)
+    description: str = ""
+
+    @property
+    def digest(self) -> str:
+        """Hash of the recipe file's bytes, recorded in the manifest of what it produced."""
+        return hashlib.sha1(self.path.read_bytes()).hexdigest()[:12]
+
+
+def _unknown(keys, allowed, where: str) -> None:
+    extra = sorted(set(keys) - allowed)
+    if extra:
+        raise DataError(f"{where}: unknown key(s) {extra}; allowed: {sorted(allowed)}")
+
+
+def _typed(mapping: dict, key: str, kind: type | tuple, where: str, required: bool = False):
+    if key not in mapping:
+        if required:
+            raise DataError(f"{where}: missing required key '{key}'")
+        return None
+    value = mapping[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise DataError(f"{where}: key '{key}' must be {names}, got {type(value).__name__} {value!r:.60}")
+    return value
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Parse and check one recipe file (``yaml.safe_load``; no tags, no code)."""
+    path = Path(path)
+    if not path.exists() and (RECIPE_DIR / f"{path}.yaml").exists():
+        path = RECIPE_DIR / f"{path}.yaml"
+    where = str(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        known = ", ".join(sorted(p.stem for p in RECIPE_DIR.glob("*.yaml")))
+        raise DataError(f"{where}: recipe not found; shipped recipes: {known}") from exc
+    except yaml.YAMLError as exc:
+        raise DataError(f"{where}: malformed YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DataError(f"{where}: a recipe must be a mapping of keys to values")
+    _unknown(data, TOP_KEYS, where)
+    name = _typed(data, "name", str, where, required=True)
+    source = _typed(data, "source", dict, where, required=True)
+    build = _typed(data, "build", dict, where, required=True)
+    _unknown(source, SOURCE_KEYS, f"{where}: source")
+    _unknown(build, BUILD_KEYS, f"{where}: build")
+    mining = _typed(data, "mining", dict, where) or {}
+    _unknown(mining, MINING_KEYS, f"{where}: mining")
+    kind = _typed(build, "kind", str, f"{where}: build", required=True)
+    if kind not in BUILDS:
+        raise DataError(f"{where}: build.kind {kind!r} is not one of {sorted(BUILDS)}")
+    source_kind = _typed(source, "kind", str, f"{where}: source", required=True)
+    if source_kind not in ("local", "hub", "pycode"):
+        raise DataError(f"{where}: source.kind {source_kind!r} must be local, hub or pycode")
+    task_type = _typed(data, "task_type", str, where)
+    tasks = _typed(data, "tasks", list, where) or []
+    if kind == "pycode":
+        if not tasks or any(t not in TASK_TYPES for t in tasks):
+            raise DataError(f"{where}: a pycode recipe lists 'tasks' among {TASK_TYPES}")
+    elif task_type not in BUILDS[kind][0]:
+        raise DataError(f"{where}: task_type {task_type!r} does not fit build.kind {kind!r} "
+                        f"(allowed: {BUILDS[kind][0]})")
+    fields = _typed(data, "fields", dict, where) or {}
+    missing = [role for role in BUILDS[kind][1] if role not in fields]
+    if missing:
+        raise DataError(f"{where}: fields must map {missing} to source columns for build.kind {kind!r}")
+    max_samples = _typed(data, "max_samples", int, where)
+    if max_samples is not None and max_samples < 1:
+        raise DataError(f"{where}: max_samples must be positive, got {max_samples}")
+    return Recipe(path=path, name=name, source=source, build=build, task_type=task_type, tasks=tasks,
+                  instruction=_typed(data, "instruction", str, where) or "",
+                  instructions=_typed(data, "instructions", dict, where) or {}, fields=fields, mining=mining,
+                  max_samples=max_samples, seed=_typed(data, "seed", int, where) or 0,
+                  decontaminate_against=_typed(data, "decontaminate_against", list, where) or [],
+                  description=_typed(data, "description", str, where) or "")
+
+
+def resolve_path(raw: str, recipe: Recipe) -> Path:
+    """``${SHARED_DATA}`` expands to ../shared/data; relative paths are relative to the repository root."""
+    if "${SHARED_DATA}" in raw:
+        shared = shared_data_dir()
+        if shared is None:
+            raise DataError(f"{recipe.path}: needs ../shared/data (or F2LLM_SHARED_DATA), which is absent")
+        raw = raw.replace("${SHARED_DATA}", str(shared))
+    path = Path(os.path.expanduser(raw))
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def read_records(recipe: Recipe) -> list[tuple[str, dict]]:
+    source = recipe.source
+    if source["kind"] == "local":
+        if "path" not in source:
+            raise DataError(f"{recipe.path}: a local source needs source.path")
+        return list(read_local(resolve_path(source["path"], recipe), source.get("format")))
+    if "hub_id" not in source:
+        raise DataError(f"{recipe.path}: a hub source needs source.hub_id")
+    return list(read_hub(source["hub_id"], source.get("config"), source.get("split", "train"),
+                         source.get("data_files")))
+
+
+def _column(record: dict, column: str, where: str) -> Any:
+    if column not in record:
+        raise DataError(f"{where}: missing column '{column}' (present: {sorted(record)}); fix the recipe's fields")
+    return record[column]
+
+
+def _cap(items: list, recipe: Recipe, rng: random.Random) -> list:
+    if recipe.max_samples is not None and len(items) > recipe.max_samples:
+        items = rng.sample(items, recipe.max_samples)
+    return items
+
+
+def build_examples(recipe: Recipe, records: list[tuple[str, dict]]) -> tuple[list[TrainingTuple], dict[str, Any]]:
+    """Tuples without mined negatives yet, plus what mining needs (candidate corpus and groups)."""
+    rng = random.Random(recipe.seed)
+    kind, f = recipe.build["kind"], recipe.fields
+    if kind == "tuples":  # already (query, positive, negative_*) as in the released F2LLM data
+        tuples = []
+        for where, record in records:
+            negatives = [check_text(record[c], where, c) for c in sorted(record, key=_negative_order)
+                         if c.startswith("negative_") and record[c]]
+            tuples.append(TrainingTuple(recipe.name, recipe.task_type, recipe.instruction,
+                                        check_text(_column(record, f["query"], where), where, f["query"]),
+                                        check_text(_column(record, f["positive"], where), where, f["positive"]),
+                                        negatives))
+        return _cap(tuples, recipe, rng), {"mine": False}
+    if kind == "pairs":
+        score_min = float(recipe.build.get("score_min", 0.0))
+        tuples, corpus, seen = [], [], set()
+        for where, record in records:
+            s1 = check_text(_column(record, f["s1"], where), where, f["s1"])
+            s2 = check_text(_column(record, f["s2"], where), where, f["s2"])
+            for text in (s1, s2):
+                if text not in seen:
+                    seen.add(text)
+                    corpus.append(text)
+            if "score" in f:
+                raw = _column(record, f["score"], where)
+                try:
+                    score = float(raw)
+                except (TypeError, ValueError) as exc:
+                    raise DataError(f"{where}: field '{f['score']}' must be a number, got {raw!r}") from exc
+                if score < score_min:
+                    continue
+            if s1 != s2:
+                tuples.append(TrainingTuple(recipe.name, "retrieval", recipe.instruction, s1, s2))
+        return _cap(tuples, recipe, rng), {"mine": True, "corpus": corpus}
+    texts_by_label: dict[str, list[str]] = defaultdict(list)
+    for where, record in records:
+        text = check_text(_column(record, f["text"], where), where, f["text"])
+        label = _column(record, f["label"], where)
+        if not isinstance(label, str | int):
+            raise DataError(f"{where}: label must be text or an integer, got {type(label).__name__}")
+        texts_by_label[str(label)].append(text)
+    labels = sorted(texts_by_label)
+    if len(labels) < 2:
+        raise DataError(f"{recipe.path}: {kind} needs at least two labels, found {labels}")
+    names = recipe.build.get("label_names") or {}
+    verbal = {label: str(names.get(label, label)).replace("_", " ") for label in labels}
+    tuples = []
+    if kind == "label_verbalisation":
+        for label in labels:
+            for text in texts_by_label[label]:
+                other = rng.choice([x for x in labels if x != label])
+                tuples.append(TrainingTuple(recipe.name, "classification", recipe.instruction, text, verbal[label],
+                                            [verbal[other]]))
+        return _cap(tuples, recipe, rng), {"mine": False}
+    corpus, groups = [], []
+    for label in labels:  # same_cluster: another text of the same cluster is the positive
+        members = texts_by_label[label]
+        for text in members:
+            corpus.append(text)
+            groups.append(label)
+        if len(members) < 2:
+            continue
+        for index, text in enumerate(members):
+            partner = members[(index + 1 + rng.randrange(len(members) - 1)) % len(members)]
+            if partner != text:
+                tuples.append(TrainingTuple(recipe.name, "clustering", recipe.instruction, text, partner))
+    tuples = _cap(tuples, recipe, rng)
+    group_of = dict(zip(corpus, groups, strict=True))
+    return tuples, {"mine": True, "corpus": corpus, "corpus_groups": groups,
+                    "query_groups": [group_of[t.query] for t in tuples]}
+
+
+def _negative_order(column: str) -> int:
+    suffix = column.removeprefix("negative_")
+    return int(suffix) if suffix.isdigit() else 10**6
+
+
+def build_pycode_examples(recipe: Recipe, split: str = "train") -> list[tuple[list[TrainingTuple], dict[str, Any]]]:
+    """pycode as up to three datasets: retrieval (summary -> code), clustering (docstring -> docstring of the same
+    module) and classification (docstring -> its package)."""
+    from .pycode import DEFAULT_PACKAGES, DEFAULT_STDLIB, pycode_items
+
+    names = tuple(recipe.source.get("packages") or (DEFAULT_STDLIB + DEFAULT_PACKAGES))
+    items = pycode_items(split, names)
+    rng = random.Random(recipe.seed)
+    out = []
+    for task in recipe.tasks:
+        instruction = recipe.instructions.get(task, recipe.instruction)
+        dataset = f"{recipe.name}_{task}"
+        if task == "retrieval":
+            unique = {item.code: item for item in items}  # one entry per distinct code text
+            tuples = [TrainingTuple(dataset, task, instruction, item.summary, item.code) for item in unique.values()
+                      if item.summary != item.code]
+            info = {"mine": True, "corpus": list(unique)}
+        elif task == "clustering":
+            by_module: dict[str, list[str]] = defaultdict(list)
+            for item in items:
+                if item.docstring not in by_module[item.module]:
+                    by_module[item.module].append(item.docstring)
+            corpus, groups, tuples = [], [], []
+            for module, docs in sorted(by_module.items()):
+                corpus += docs
+                groups += [module] * len(docs)
+                if len(docs) < 2:
+                    continue
+                for index, doc in enumerate(docs):
+                    partner = docs[(index + 1 + rng.randrange(len(docs) - 1)) % len(docs)]
+                    tuples.append(TrainingTuple(dataset, task, instruction, doc, partner))
+            info = {"mine": True, "corpus": corpus, "corpus_groups": groups}
+        else:
+            packages = sorted({item.package for item in items})
+            seen, tuples = set(), []
+            for item in items:
+                if item.docstring in seen or len(packages) < 2:
+                    continue
+                seen.add(item.docstring)
+                other = rng.choice([p for p in packages if p != item.package])
+                tuples.append(TrainingTuple(dataset, task, instruction, item.docstring, item.package, [other]))
+            info = {"mine": False}
+        tuples = _cap(tuples, recipe, rng)
+        if "corpus_groups" in info:
+            group_of = dict(zip(info["corpus"], info["corpus_groups"], strict=True))
+            info["query_groups"] = [group_of[t.query] for t in tuples]
+        out.append((tuples, info))
+    return out

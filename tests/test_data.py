@@ -1,0 +1,192 @@
+"""Data curation: bad input gets clear errors, F2LLM's mining rule, decontamination, tokenized files, pycode."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from f2llm_lib.data.decontaminate import Decontaminator, normalize_text
+from f2llm_lib.data.mining import MiningConfig, mine_hard_negatives, select_negatives
+from f2llm_lib.data.pipeline import curate, run_recipe
+from f2llm_lib.data.pycode import pycode_items
+from f2llm_lib.data.readers import read_local
+from f2llm_lib.data.recipes import build_examples, load_recipe, read_records
+from f2llm_lib.data.schema import DataError, TrainingTuple, validate_tuple
+from f2llm_lib.data.tokenized import write_training_files
+
+GOOD = """
+name: demo
+task_type: retrieval
+instruction: Find the answer
+source: {kind: local, path: PATH}
+fields: {s1: q, s2: a}
+build: {kind: pairs}
+"""
+
+
+def _recipe(tmp_path, text: str, rows: str | bytes | None = None, suffix: str = "jsonl"):
+    data = tmp_path / f"data.{suffix}"
+    if rows is not None:
+        data.write_bytes(rows if isinstance(rows, bytes) else rows.encode())
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text.replace("PATH", str(data)))
+    return recipe
+
+
+def _curate_bad(tmp_path, text, rows, suffix="jsonl"):
+    recipe = load_recipe(_recipe(tmp_path, text, rows, suffix))
+    return build_examples(recipe, read_records(recipe))
+
+
+@pytest.mark.parametrize("text, rows, suffix, message", [
+    ("name: [unclosed", None, "jsonl", r"recipe.yaml: malformed YAML"),
+    (GOOD + "max_sample: 3\n", None, "jsonl", r"recipe.yaml: unknown key\(s\) \['max_sample'\]"),
+    (GOOD.replace("kind: pairs", "kind: pairz"), None, "jsonl", r"build.kind 'pairz' is not one of"),
+    (GOOD.replace("task_type: retrieval", "task_type: clustering"), None, "jsonl", r"does not fit build.kind"),
+    (GOOD + "max_samples: many\n", None, "jsonl", r"key 'max_samples' must be int, got str"),
+    (GOOD.replace("fields: {s1: q, s2: a}", "fields: {s1: q}"), None, "jsonl", r"fields must map \['s2'\]"),
+    (GOOD, '{"q": "hello there", "b": "x"}\n', "jsonl", r"data.jsonl:1: missing column 'a'"),
+    (GOOD, '{"q": "hi", "a": "yo"}\n{"q": "   ", "a": "x"}\n', "jsonl", r"data.jsonl:2: field 'q' is empty"),
+    (GOOD, '{"q": 42, "a": "x"}\n', "jsonl", r"data.jsonl:1: field 'q' must be text, got int"),
+    (GOOD, b'{"q": "caf\xe9", "a": "x"}\n', "jsonl", r"data.jsonl:1: not valid UTF-8 \(byte 0xe9\)"),
+    (GOOD, '{"q": "a", "a": "b"}\n{"q": "broken\n', "jsonl", r"data.jsonl:2: not valid JSON"),
+    (GOOD, '{"q": "' + "x" * 100_001 + '", "a": "b"}\n', "jsonl", r"has 100,001 characters"),
+    (GOOD, "q,a\nhello,world,extra\n", "csv", r"data.csv:2: more fields than the header"),
+    (GOOD, None, "jsonl", r"data.jsonl: file not found"),
+    (GOOD, "q,a\n", "xlsx", r"data.xlsx: cannot tell the format from the suffix '.xlsx'"),
+    (GOOD.replace("fields: {s1: q, s2: a}", "fields: {s1: q, s2: a, score: s}"), '{"q": "a", "a": "b", "s": "hi"}\n',
+     "jsonl", r"field 's' must be a number, got 'hi'"),
+])
+def test_bad_input_is_explained(tmp_path, text, rows, suffix, message):
+    with pytest.raises(DataError, match=message):
+        _curate_bad(tmp_path, text, rows, suffix)
+
+
+def test_bad_tuples_are_explained():
+    with pytest.raises(DataError, match="task_type 'ranking'"):
+        validate_tuple(TrainingTuple("d", "ranking", "", "q", "p"), "here")
+    with pytest.raises(DataError, match="positive is also listed as a negative"):
+        validate_tuple(TrainingTuple("d", "retrieval", "", "q", "p", ["n", "p"]), "here")
+    with pytest.raises(DataError, match="here: expected 3 negatives, found 1"):
+        validate_tuple(TrainingTuple("d", "retrieval", "", "q", "p", ["n"]), "here", expected_negatives=3)
+
+
+def test_label_needs_two_classes(tmp_path):
+    text = GOOD.replace("task_type: retrieval", "task_type: classification").replace(
+        "fields: {s1: q, s2: a}", "fields: {text: q, label: a}").replace("kind: pairs", "kind: label_verbalisation")
+    with pytest.raises(DataError, match=r"needs at least two labels, found \['x'\]"):
+        _curate_bad(tmp_path, text, '{"q": "one", "a": "x"}\n{"q": "two", "a": "x"}\n')
+
+
+def test_mining_rule_on_a_constructed_example():
+    # Candidate scores in rank order; the positive scores 0.84 -> margin threshold 0.95 * 0.84 = 0.798.
+    scores = np.array([0.99, 0.97, 0.95, 0.93, 0.91,  # ranks 1-5: skipped (likely false negatives)
+                       0.85, 0.81, 0.799, 0.797, 0.79, 0.5, 0.4, 0.3])
+    excluded = np.zeros(len(scores), dtype=bool)
+    config = MiningConfig(range_min=5, range_max=100, max_score=0.8, relative_margin=0.05, num_negatives=3)
+    kept, window, kept_scores = select_negatives(scores, 0.84, excluded, config)
+    assert kept == [8, 9, 10]  # 0.85, 0.81 exceed max_score; 0.799 fails the 95% margin; top 3 of the rest
+    assert len(window) == 8 and kept_scores.tolist() == [0.797, 0.79, 0.5]
+    config.range_max = 9  # only ranks 6..9 are looked at
+    assert select_negatives(scores, 0.84, excluded, config)[0] == [8]
+    excluded[9] = True  # an excluded candidate (the positive itself, or the same cluster) is never taken
+    config.range_max = 100
+    assert select_negatives(scores, 0.84, excluded, config)[0] == [8, 10, 11]
+
+
+class _FixedScorer:
+    bounded = True
+
+    def __init__(self, table):
+        self.table = table
+
+    def fit(self, corpus):
+        pass
+
+    def scores(self, queries):
+        return np.stack([self.table[q] for q in queries])
+
+
+def test_mining_excludes_positive_and_own_cluster_and_reports_shortfall():
+    corpus = ["pos", "a1", "b1", "b2", "b3"]
+    scorer = _FixedScorer({"q": np.array([0.9, 0.5, 0.4, 0.3, 0.2])})
+    config = MiningConfig(range_min=0, num_negatives=3, on_shortfall="keep")
+    negatives, report = mine_hard_negatives(["q"], ["pos"], corpus, scorer, config, query_groups=["a"],
+                                            corpus_groups=["a", "a", "b", "b", "b"], show_progress=False)
+    assert negatives == [["b1", "b2", "b3"]]
+    config.num_negatives = 4
+    negatives, report = mine_hard_negatives(["q"], ["pos"], corpus, scorer, config, query_groups=["a"],
+                                            corpus_groups=["a", "a", "b", "b", "b"], show_progress=False)
+    assert negatives == [["b1", "b2", "b3"]] and report.short_before_fill == 1
+    config.on_shortfall = "drop"
+    negatives, report = mine_hard_negatives(["q"], ["pos"], corpus, scorer, config, query_groups=["a"],
+                                            corpus_groups=["a", "a", "b", "b", "b"], show_progress=False)
+    assert negatives == [None] and report.dropped == 1
+
+
+def test_decontamination_removes_planted_overlaps():
+    eval_texts = ["What is the capital of France?", "A quick brown fox jumps over the lazy dog near the river bank"]
+    clean = TrainingTuple("d", "retrieval", "", "unrelated question", "unrelated answer", ["neg"])
+    planted_query = TrainingTuple("d", "retrieval", "", "  what is the CAPITAL of   france? ", "Paris", ["neg"])
+    planted_negative = TrainingTuple("e", "retrieval", "", "q2", "p2", ["what is the capital of france?"])
+    planted_ngram = TrainingTuple("e", "retrieval", "", "so a quick brown fox jumps over the lazy dog near", "p", [])
+    kept, report = Decontaminator(eval_texts).filter([clean, planted_query, planted_negative, planted_ngram])
+    assert kept == [clean, planted_ngram] and report.per_dataset == {"d": {"checked": 2, "dropped": 1},
+                                                                     "e": {"checked": 2, "dropped": 1}}
+    kept, _ = Decontaminator(eval_texts, ngram=8).filter([clean, planted_ngram])
+    assert kept == [clean]
+
+
+def test_tokenized_files_dedupe_corpus_and_end_with_eos(tiny, tmp_path):
+    _, tokenizer = tiny
+    datasets = {"a": [TrainingTuple("a", "retrieval", "Find it", "q1 " * 400, "shared doc", ["neg one", "neg two"]),
+                      TrainingTuple("a", "retrieval", "Find it", "q2", "other doc", ["shared doc", "neg one"])],
+                "b": [TrainingTuple("b", "clustering", "Group it", "q3", "neg two", ["shared doc"])]}
+    manifest = write_training_files(datasets, tokenizer, tmp_path / "out", max_length=32)
+    corpus = pq.read_table(tmp_path / "out" / "corpus.parquet").to_pylist()
+    assert len(corpus) == 4 and manifest["corpus_size"] == 4  # shared doc, neg one, neg two, other doc
+    queries = pq.read_table(tmp_path / "out" / "queries" / "a.parquet").to_pylist()
+    assert queries[0]["length"] == 32  # truncated ...
+    for row in corpus + queries:
+        assert row["input_ids"][-1] == tokenizer.eos_token_id and len(row["input_ids"]) == row["length"]
+    assert queries[1]["negative_doc_ids"][0] == queries[0]["positive_doc_id"]  # same text, same doc_id
+    assert tokenizer.decode(queries[1]["input_ids"][:-1]).startswith("Instruct: Find it\nQuery: q2")
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["queries_per_dataset"] == {"a": 2, "b": 1}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+
+
+def test_pycode_train_and_eval_share_no_module_and_no_text():
+    train, evaluation = pycode_items("train"), pycode_items("eval")
+    assert len(train) > 1000 and len(evaluation) > 200
+    assert not {i.module for i in train} & {i.module for i in evaluation}
+    result = curate(load_recipe("pycode"), show_progress=False)
+    eval_norm = {normalize_text(t) for i in evaluation for t in (i.summary, i.docstring, i.code)}
+    for tuples in result.datasets.values():
+        for item in tuples:
+            for text in (item.query, item.positive, *item.negatives):
+                assert normalize_text(text) not in eval_norm
+    assert set(result.datasets) == {"pycode_retrieval", "pycode_clustering", "pycode_classification"}
+    assert pycode_items("eval") == evaluation  # deterministic
+
+
+@pytest.mark.parametrize("name, dataset, task", [("banking77_local", "banking77_local", "clustering"),
+                                                 ("stsbenchmark_local", "stsbenchmark_local", "retrieval")])
+def test_local_recipes_on_shared_data(shared_data, tmp_path, name, dataset, task):
+    result = run_recipe(name, tmp_path / name, show_progress=False)
+    tuples = result.datasets[dataset]
+    recipe = load_recipe(name)
+    assert len(tuples) > 500 and all(t.task_type == task for t in tuples)
+    assert all(len(t.negatives) == recipe.mining["num_negatives"] for t in tuples)
+    if task == "clustering":  # negatives come from other intents
+        label_of = {r["text"]: r["label"] for _, r in read_local(shared_data / "banking77" / "train.jsonl")}
+        assert all(label_of[n] != label_of[t.query] for t in tuples[:200] for n in t.negatives)
+        assert all(label_of[t.positive] == label_of[t.query] for t in tuples)
+    else:  # only pairs scored >= 4
+        scores = {(r["s1"], r["s2"]): float(r["score"])
+                  for _, r in read_local(shared_data / "stsbenchmark" / "train.jsonl")}
+        assert all(scores[(t.query, t.positive)] >= 4.0 for t in tuples)
+    assert (tmp_path / name / "tokenized" / "manifest.json").exists()
+    assert (tmp_path / name / "tuples" / f"{dataset}.parquet").exists()
