@@ -190,3 +190,14 @@ def test_local_recipes_on_shared_data(shared_data, tmp_path, name, dataset, task
         assert all(scores[(t.query, t.positive)] >= 4.0 for t in tuples)
     assert (tmp_path / name / "tokenized" / "manifest.json").exists()
     assert (tmp_path / name / "tuples" / f"{dataset}.parquet").exists()
+
+
+def test_f2llm_mix_task_types_follow_the_released_sources():
+    from f2llm_lib.data.recipes import infer_task_type
+
+    assert infer_task_type("amazon_polarity.parquet") == "classification"
+    assert infer_task_type("banking77.parquet") == "clustering"
+    assert infer_task_type("arxiv_clustering_p2p.parquet") == "clustering"
+    assert infer_task_type("msmarco.parquet") == "retrieval"
+    recipe = load_recipe("f2llm_v1")
+    assert recipe.source["data_files"] == "all" and recipe.max_samples == 20000

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,16 @@ import pyarrow.parquet as pq
 
 from .decontaminate import DecontaminationReport, Decontaminator
 from .mining import BM25Scorer, EncoderScorer, MiningConfig, MiningReport, mine_hard_negatives
-from .recipes import Recipe, build_examples, build_pycode_examples, load_recipe, read_records, resolve_path
+from .recipes import (
+    Recipe,
+    build_examples,
+    build_pycode_examples,
+    f2llm_mix_files,
+    infer_task_type,
+    load_recipe,
+    read_records,
+    resolve_path,
+)
 from .schema import DataError, TrainingTuple, validate_tuple
 from .tokenized import write_training_files
 
@@ -51,9 +60,20 @@ def eval_texts(names: list[str], recipe: Recipe | None = None) -> list[str]:
 
 
 def make_scorer(spec: str, num_layers: int | None = None, instruction: str | None = None):
-    """'bm25', or any model spec the library loads (smollm2-135m, tiny-qwen3, a hub id, a local folder)."""
+    """'bm25'; 'st:<name or folder>' for a sentence-transformers model; or any model spec the library loads
+    (smollm2-135m, tiny-qwen3, a hub id, a local folder), used as an F2LLM encoder."""
     if spec == "bm25":
         return BM25Scorer()
+    if spec.startswith("st:"):
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(spec[3:], trust_remote_code=False)
+
+        def encode(texts, instruction=None, batch_size=32):
+            prompt = f"Instruct: {instruction}\nQuery: " if instruction else None
+            return model.encode(texts, prompt=prompt, batch_size=batch_size, normalize_embeddings=True)
+
+        return EncoderScorer(encode, instruction=instruction)
     from ..backbones import load_backbone
     from ..model import F2LLMEncoder
 
@@ -67,6 +87,12 @@ def curate(recipe: Recipe, scorer_spec: str | None = None, num_layers: int | Non
     """Build, decontaminate and mine every dataset of a recipe (nothing is written)."""
     if recipe.source["kind"] == "pycode":
         built = build_pycode_examples(recipe, "train")
+    elif recipe.source.get("data_files") == "all":  # the released F2LLM mix: one dataset per file
+        built = []
+        for file in f2llm_mix_files(recipe):
+            part = replace(recipe, name=Path(file).stem, task_type=infer_task_type(file),
+                           source={**recipe.source, "data_files": file})
+            built.append(build_examples(part, read_records(part)))
     else:
         built = [build_examples(recipe, read_records(recipe))]
     decontaminator = Decontaminator(eval_texts(recipe.decontaminate_against, recipe)) \

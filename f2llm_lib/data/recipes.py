@@ -237,6 +237,33 @@ def build_examples(recipe: Recipe, records: list[tuple[str, dict]]) -> tuple[lis
                     "query_groups": [group_of[t.query] for t in tuples]}
 
 
+# F2LLM's classification and clustering sources (../shared/F2LLM_FACTS.md, section 2); every other file of the
+# released mix is a retrieval source.
+CLASSIFICATION_SOURCES = ("amazon_counterfactual", "amazon_polarity", "imdb", "toxic", "cola")
+CLUSTERING_SOURCES = ("banking77", "emotion", "mtop", "massive", "tweet", "arxiv", "biorxiv", "medrxiv", "reddit",
+                      "stackexchange_clustering", "twentynewsgroups", "20newsgroups")
+
+
+def infer_task_type(file_name: str) -> str:
+    """Task type of one file of the released F2LLM mix, from its name."""
+    stem = Path(file_name).stem.lower().replace("-", "_")
+    if any(key in stem for key in CLASSIFICATION_SOURCES):
+        return "classification"
+    if any(key in stem for key in CLUSTERING_SOURCES):
+        return "clustering"
+    return "retrieval"
+
+
+def f2llm_mix_files(recipe: Recipe) -> list[str]:
+    """The parquet files of the released mix (needs network): each becomes one dataset, capped separately."""
+    from huggingface_hub import list_repo_files
+
+    files = sorted(f for f in list_repo_files(recipe.source["hub_id"], repo_type="dataset") if f.endswith(".parquet"))
+    if not files:
+        raise DataError(f"{recipe.path}: no parquet files in {recipe.source['hub_id']}")
+    return files
+
+
 def _negative_order(column: str) -> int:
     suffix = column.removeprefix("negative_")
     return int(suffix) if suffix.isdigit() else 10**6
