@@ -1,0 +1,58 @@
+"""Export a trained encoder as a sentence-transformers folder: Transformer -> last-token Pooling -> Normalize.
+
+The saved tokenizer appends EOS itself (a post-processor) and has no chat template, so ``SentenceTransformer(path).encode`` tokenizes
+exactly as our encoder does; the query prompt ``Instruct: ...\\nQuery: `` is stored in the model's config.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .model import F2LLMEncoder
+
+
+def _tokenizer_appending_eos(tokenizer):
+    from tokenizers.processors import TemplateProcessing
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = None  # sentence-transformers 6 would otherwise wrap every text in the chat template
+    eos, eos_id = tok.eos_token, tok.eos_token_id
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single=f"$A {eos}", pair=f"$A {eos} $B {eos}",
+                                                              special_tokens=[(eos, eos_id)])
+    return tok
+
+
+def export_sentence_transformers(encoder: F2LLMEncoder, out_dir: str | Path,
+                                 query_instruction: str | None = None) -> Path:
+    """Write the folder atomically (temporary name, then rename); return its path."""
+    from sentence_transformers import SentenceTransformer
+
+    try:  # sentence-transformers >= 6 moved the modules; keep older releases working too
+        from sentence_transformers.sentence_transformer import modules as models
+    except ImportError:
+        from sentence_transformers import models
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        backbone_dir = work / "backbone"
+        encoder.backbone.save_pretrained(backbone_dir, safe_serialization=True)
+        _tokenizer_appending_eos(encoder.tokenizer).save_pretrained(backbone_dir)
+        (backbone_dir / "chat_template.jinja").unlink(missing_ok=True)
+        transformer = models.Transformer(str(backbone_dir), max_seq_length=encoder.max_length)
+        pooling = models.Pooling(encoder.dim, pooling_mode="lasttoken")
+        prompts = {"query": f"Instruct: {query_instruction}\nQuery: "} if query_instruction else {}
+        model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], prompts=prompts,
+                                    similarity_fn_name="cosine", device="cpu")
+        model.save(str(work / "model"))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.rename(work / "model", out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out_dir

@@ -1,0 +1,38 @@
+"""``python -m f2llm_lib.train --config cfg.yaml [--resume] [key=value ...]``; the same under accelerate launch."""
+
+import argparse
+import json
+import sys
+
+import yaml
+
+from .config import ConfigError, TrainConfig
+from .trainer import train
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="F2LLM single-stage finetuning")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    parser.add_argument("--no-export", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="key=value pairs overriding the config (YAML values)")
+    args = parser.parse_args(argv)
+    try:
+        overrides = {}
+        for item in args.overrides:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"override {item!r} must look like key=value")
+            overrides[key] = yaml.safe_load(value)
+        config = TrainConfig.from_yaml(args.config, overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = train(config, resume=args.resume, export=not args.no_export)
+    print(json.dumps({"steps": result["steps"], "final_loss": result["history"][-1]["loss"] if result["history"]
+                      else None, "export": result.get("export")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Training configuration: plain data in YAML; unknown keys and wrong types are errors naming the key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file names an unknown key or gives a value of the wrong type."""
+
+
+@dataclass
+class TrainConfig:
+    model: str = "smollm2-135m"  # smollm2-135m, tiny-qwen3, a hub id or a local folder
+    num_layers: int = 0  # keep only the first k decoder layers (0: all)
+    data_dir: str = "runs/data/pycode/tokenized"  # output of the data pipeline (corpus.parquet, queries/)
+    output_dir: str = "runs/train"
+    max_steps: int = 100  # optimizer steps; the loader cycles epochs as needed
+    per_device_batch: int = 8  # queries per process per micro-batch (F2LLM: 16)
+    num_negatives: int = 7  # hard negatives sampled per query from the stored ones (F2LLM: 7 retrieval)
+    grad_accum: int = 1
+    lr: float = 2e-5  # F2LLM-4B: 8e-6
+    min_lr: float = 1e-7
+    warmup_steps: int = 10
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.98
+    grad_clip: float = 1.0
+    temperature: float = 0.05
+    mrl: bool = False  # F2LLM-v2 Matryoshka levels
+    loss_impl: str = "auto"
+    stop_grad_gather: bool = False  # True reproduces the released code's non-differentiable gather
+    mixed_precision: str = "no"  # no, bf16, fp16 (GPU)
+    gradient_checkpointing: bool = False
+    max_length: int = 256
+    val_fraction: float = 0.01
+    eval_every: int = 50
+    save_every: int = 50
+    log_every: int = 1
+    seed: int = 0
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> TrainConfig:
+        path = Path(path)
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values")
+        return cls.from_dict({**data, **(overrides or {})}, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> TrainConfig:
+        known = {f.name: f for f in fields(cls)}
+        for key, value in data.items():
+            if key not in known:
+                raise ConfigError(f"{source}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+            expected = type(known[key].default)
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                data[key] = float(value)
+            elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise ConfigError(f"{source}: key {key!r} must be {expected.__name__}, got {type(value).__name__}")
+        config = cls(**data)
+        if config.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ConfigError(f"{source}: mixed_precision must be no, bf16 or fp16")
+        return config

@@ -1,0 +1,167 @@
+"""The trainer: one script for one process or many (``accelerate launch -m f2llm_lib.train --config ...``).
+
+AdamW (0.9, 0.98), weight decay 0.01, linear warmup then cosine down to ``min_lr``, gradient clipping 1.0,
+gradient accumulation, optional mixed precision and gradient checkpointing, the loss issue's entry point,
+periodic validation, ``save_state`` checkpoints (model, optimizer, scheduler, RNG, loader position), TensorBoard
+scalars plus a ``metrics.jsonl`` the notebooks plot. ``resume=True`` continues exactly from the last checkpoint.
+
+Loss scaling: each rank's loss is the mean over its local queries (keys gathered from every rank, gradients summed
+back to their owners). DDP averages parameter gradients over ranks, so N processes with B queries each follow the
+gradient of one process with N x B queries.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from ..backbones import load_backbone
+from ..losses import contrastive_loss, mrl_levels, mrl_weights
+from ..losses.chunked import chunked_loss
+from ..model import F2LLMEncoder
+from .config import TrainConfig
+from .loader import Batch, MultitaskLoader
+
+
+def cosine_with_floor(config: TrainConfig):
+    """LR multiplier: linear warmup, then cosine from lr down to min_lr (never below)."""
+    floor = config.min_lr / config.lr
+
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def batch_loss(encoder, batch: Batch, config: TrainConfig, device) -> torch.Tensor:
+    emb = encoder(batch.input_ids.to(device), batch.attention_mask.to(device), batch.lengths.to(device))
+    size, k = batch.batch_size, batch.num_negatives
+    negatives = emb[2 * size:].view(size, k, -1) if k else None
+    return contrastive_loss(emb[:size], emb[size:2 * size], negatives, in_batch=batch.task_type == "retrieval",
+                            temperature=config.temperature, mrl_dims="f2llm_v2" if config.mrl else None,
+                            impl=config.loss_impl, stop_grad_gather=config.stop_grad_gather)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    steps = sorted((int(p.name.split("_")[1]), p) for p in (output_dir / "checkpoints").glob("step_*")
+                   if (p / ".complete").exists())
+    return steps[-1][1] if steps else None
+
+
+def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dict:
+    output_dir = Path(config.output_dir)
+    # cpu=True on a machine without CUDA: that is what makes accelerate start gloo for several CPU processes.
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
+                              log_with="tensorboard", project_dir=str(output_dir), cpu=not torch.cuda.is_available(),
+                              step_scheduler_with_optimizer=False)  # we step it once per optimizer step
+    set_seed(config.seed)
+    model, tokenizer = load_backbone(config.model, num_layers=config.num_layers or None, seed=config.seed)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    encoder = F2LLMEncoder(model, tokenizer, max_length=config.max_length)
+    loader = MultitaskLoader(config.data_dir, config.per_device_batch, config.num_negatives, tokenizer.pad_token_id,
+                             accelerator.process_index, accelerator.num_processes, config.seed, config.val_fraction)
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
+                                  weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_floor(config))
+    encoder, optimizer, scheduler = accelerator.prepare(encoder, optimizer, scheduler)
+    accelerator.register_for_checkpointing(loader)
+    start = 0
+    checkpoint = latest_checkpoint(output_dir) if resume else None
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        start = int(checkpoint.name.split("_")[1])
+        accelerator.print(f"[train] resumed from {checkpoint} at step {start}")
+    accelerator.init_trackers("f2llm", config={k: v for k, v in vars(config).items()})
+    metrics_path = output_dir / "metrics.jsonl"
+    kill_after = int(os.environ.get("F2LLM_KILL_AFTER_STEP", "0"))  # tests: a real SIGKILL mid-run
+    bar = tqdm(range(start, config.max_steps), desc="train", disable=not accelerator.is_main_process,
+               initial=start, total=config.max_steps)
+    history = []
+    for step in bar:
+        tic = time.perf_counter()
+        tokens = padded = 0
+        losses = []
+        for _ in range(config.grad_accum):
+            batch = loader.next_batch()
+            tokens, padded = tokens + batch.tokens, padded + batch.input_ids.numel()
+            with accelerator.accumulate(encoder):
+                loss = batch_loss(encoder, batch, config, accelerator.device)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.grad_clip > 0:
+                    accelerator.clip_grad_norm_(encoder.parameters(), config.grad_clip)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad()
+            losses.append(loss.detach())
+        seconds = time.perf_counter() - tic
+        mean_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+        total_tokens = accelerator.reduce(torch.tensor(float(tokens), device=accelerator.device), "sum").item()
+        record = {"step": step + 1, "loss": mean_loss, "dataset": batch.dataset, "lr": scheduler.get_last_lr()[0],
+                  "tokens_per_second": total_tokens / seconds, "padding_fraction": 1 - tokens / padded}
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.max_steps:
+            record["val"] = validate(encoder, loader, config, accelerator)
+        if accelerator.is_main_process and ((step + 1) % config.log_every == 0 or "val" in record):
+            scalars = {k: v for k, v in record.items() if isinstance(v, float)}
+            scalars[f"loss/{batch.dataset}"] = mean_loss
+            scalars.update({f"val/{k}": v for k, v in record.get("val", {}).items()})
+            accelerator.log(scalars, step=step + 1)
+            with metrics_path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{mean_loss:.3f}", ds=batch.dataset[:12])
+        history.append(record)
+        if (step + 1) % config.save_every == 0 or step + 1 == config.max_steps:
+            save_checkpoint(accelerator, output_dir, step + 1)
+        if kill_after and step + 1 == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+    result = {"steps": config.max_steps, "history": history}
+    if export and accelerator.is_main_process:
+        from ..export import export_sentence_transformers
+
+        result["export"] = str(export_sentence_transformers(accelerator.unwrap_model(encoder), output_dir / "final"))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # last: it also tears the process group down
+    return result
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int) -> None:
+    folder = output_dir / "checkpoints" / f"step_{step}"
+    accelerator.save_state(str(folder))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (folder / ".complete").touch()  # a checkpoint cut short by a crash is never resumed from
+
+
+@torch.no_grad()
+def validate(encoder, loader: MultitaskLoader, config: TrainConfig, accelerator: Accelerator) -> dict[str, float]:
+    """Per-dataset losses on the held-out rows (local, no gather: every rank sees the same rows)."""
+    was_training = encoder.training
+    encoder.eval()
+    out = {}
+    for batch in loader.validation_batches():
+        emb = encoder(batch.input_ids.to(accelerator.device), batch.attention_mask.to(accelerator.device),
+                      batch.lengths.to(accelerator.device))
+        size, k, dim = batch.batch_size, batch.num_negatives, emb.shape[1]
+        negatives = emb[2 * size:].view(size, k, -1) if k else None
+        dims = mrl_levels(dim) if config.mrl else [dim]
+        in_batch = batch.task_type == "retrieval"
+        keys = emb[size:2 * size] if in_batch else None
+        labels = torch.arange(size, device=emb.device) if in_batch else None
+        out[batch.dataset] = float(chunked_loss(emb[:size], emb[size:2 * size], negatives, keys, labels, dims,
+                                                mrl_weights(dims, dim), config.temperature, 1024))
+    encoder.train(was_training)
+    return out
