@@ -1,7 +1,8 @@
 """Export a trained encoder as a sentence-transformers folder: Transformer -> last-token Pooling -> Normalize.
 
-The saved tokenizer appends EOS itself (a post-processor) and has no chat template, so ``SentenceTransformer(path).encode`` tokenizes
-exactly as our encoder does; the query prompt ``Instruct: ...\\nQuery: `` is stored in the model's config.
+The saved tokenizer appends EOS itself (a post-processor) and has no chat template, so
+``SentenceTransformer(path).encode`` tokenizes exactly as our encoder does; the query prompt
+``Instruct: ...\\nQuery: `` is stored in the model's config.
 """
 
 from __future__ import annotations
