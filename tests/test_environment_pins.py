@@ -10,7 +10,8 @@ from f2llm_lib.paths import REPO_ROOT
 
 def _pyproject_pins() -> list[str]:
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-    return project["dependencies"] + project["optional-dependencies"]["dev"]
+    extras = project["optional-dependencies"]
+    return project["dependencies"] + extras["dev"] + extras["baselines"]
 
 
 def _conda_pip_pins() -> list[str]:

