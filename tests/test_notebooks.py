@@ -37,9 +37,18 @@ def test_profiles_only_use_declared_parameters(profile):
 
 
 @pytest.mark.notebooks
-def test_smoke_profile_runs_every_notebook(tmp_path):
+def test_smoke_profile_runs_every_notebook_chained(tmp_path):
     run_dir = run_profile("smoke", run_dir=tmp_path)
+    results = {}
     for path in NOTEBOOKS:
-        results = json.loads((tmp_path / path.stem / "results.json").read_text())
-        assert results["notebook"] == path.stem
-    print(json.loads((run_dir / "timings.json").read_text()))
+        results[path.stem] = json.loads((tmp_path / path.stem / "results.json").read_text())
+        assert results[path.stem]["notebook"] == path.stem
+    # chained: 01's tokenized data trained 03, whose checkpoint 04 evaluated
+    assert results["03_multi_gpu_finetuning"]["data_dir"] == results["01_data_curation"]["tokenized_dir"]
+    assert results["04_mteb_evaluation"]["checkpoint"] == results["03_multi_gpu_finetuning"]["checkpoint"]
+    assert {r["model"] for r in results["04_mteb_evaluation"]["rows"]} >= {"base (untrained)", "finetuned"}
+    report = (run_dir / "report.md").read_text()
+    assert "| finetuned |" in report and "Wall time per notebook" in report
+    timings = json.loads((run_dir / "timings.json").read_text())
+    print(timings)
+    assert sum(timings["seconds"].values()) < 360, "the smoke profile of all notebooks must stay under 6 minutes"

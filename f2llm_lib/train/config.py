@@ -18,7 +18,8 @@ class TrainConfig:
     num_layers: int = 0  # keep only the first k decoder layers (0: all)
     data_dir: str = "runs/data/pycode/tokenized"  # output of the data pipeline (corpus.parquet, queries/)
     output_dir: str = "runs/train"
-    max_steps: int = 100  # optimizer steps; the loader cycles epochs as needed
+    max_steps: int = 100  # optimizer steps (and the length of the LR schedule); the loader cycles epochs as needed
+    stop_after: int = 0  # stop after this many steps of the same schedule (0: run to max_steps); for comparisons
     per_device_batch: int = 8  # queries per process per micro-batch (F2LLM: 16)
     num_negatives: int = 7  # hard negatives sampled per query from the stored ones (F2LLM: 7 retrieval)
     grad_accum: int = 1

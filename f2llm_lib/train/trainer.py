@@ -88,8 +88,8 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dic
     accelerator.init_trackers("f2llm", config={k: v for k, v in vars(config).items()})
     metrics_path = output_dir / "metrics.jsonl"
     kill_after = int(os.environ.get("F2LLM_KILL_AFTER_STEP", "0"))  # tests: a real SIGKILL mid-run
-    bar = tqdm(range(start, config.max_steps), desc="train", disable=not accelerator.is_main_process,
-               initial=start, total=config.max_steps)
+    last = min(config.max_steps, config.stop_after) if config.stop_after else config.max_steps
+    bar = tqdm(range(start, last), desc="train", disable=not accelerator.is_main_process, initial=start, total=last)
     history = []
     for step in bar:
         tic = time.perf_counter()
@@ -113,7 +113,7 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dic
         total_tokens = accelerator.reduce(torch.tensor(float(tokens), device=accelerator.device), "sum").item()
         record = {"step": step + 1, "loss": mean_loss, "dataset": batch.dataset, "lr": scheduler.get_last_lr()[0],
                   "tokens_per_second": total_tokens / seconds, "padding_fraction": 1 - tokens / padded}
-        if (step + 1) % config.eval_every == 0 or step + 1 == config.max_steps:
+        if (step + 1) % config.eval_every == 0 or step + 1 == last:
             record["val"] = validate(encoder, loader, config, accelerator)
         if accelerator.is_main_process and ((step + 1) % config.log_every == 0 or "val" in record):
             scalars = {k: v for k, v in record.items() if isinstance(v, float)}
@@ -124,11 +124,11 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dic
                 handle.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{mean_loss:.3f}", ds=batch.dataset[:12])
         history.append(record)
-        if (step + 1) % config.save_every == 0 or step + 1 == config.max_steps:
+        if (step + 1) % config.save_every == 0 or step + 1 == last:
             save_checkpoint(accelerator, output_dir, step + 1)
         if kill_after and step + 1 == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
-    result = {"steps": config.max_steps, "history": history}
+    result = {"steps": last, "history": history}
     if export and accelerator.is_main_process:
         from ..export import export_sentence_transformers
 

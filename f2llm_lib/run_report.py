@@ -1,0 +1,118 @@
+"""The main job's report: ``runs/<timestamp>/report.md`` (+ JSON and plots), and the README's copy of its table.
+
+    python -m f2llm_lib.run_report runs/<timestamp>-cpu     # (re)write that run's report
+    python -m f2llm_lib.run_report --update-readme           # put the latest cpu run's table in README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from .evaluation.report import results_table, to_markdown
+from .paths import REPO_ROOT
+
+README_START, README_END = "<!-- latest-report:start -->", "<!-- latest-report:end -->"
+
+
+def _machine() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
+
+
+def _load(run_dir: Path, notebook: str) -> dict:
+    path = run_dir / notebook / "results.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_run_report(run_dir: str | Path) -> Path:
+    """Collect every notebook's results into report.md / report.json beside them; return the report's path."""
+    run_dir = Path(run_dir)
+    timings = json.loads((run_dir / "timings.json").read_text()) if (run_dir / "timings.json").exists() else {}
+    evaluation, training, data = (_load(run_dir, n) for n in
+                                  ("04_mteb_evaluation", "03_multi_gpu_finetuning", "01_data_curation"))
+    rows = evaluation.get("rows", [])
+    table = results_table(rows) if rows else pd.DataFrame()
+    verdict = {}
+    if "finetuned" in table.index and "base (untrained)" in table.index:
+        tasks = sorted({r["task"] for r in rows})
+        verdict = {t: bool(table.loc["finetuned", t] > table.loc["base (untrained)", t]) for t in tasks}
+    created = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    report = {"created": created, "machine": _machine(), "profile": timings.get("profile"),
+              "notebook_seconds": timings.get("seconds", {}), "backbone": training.get("backbone"),
+              "num_layers": training.get("num_layers"), "training_steps": training.get("max_steps"),
+              "tuples": data.get("tuples_per_dataset"), "scores": rows, "finetuned_beats_base": verdict}
+    lines = [f"# F2LLM main job: {run_dir.name}", "",
+             f"Created {created} on {report['machine']}; profile `{report['profile']}`.", "",
+             f"Backbone `{report['backbone']}` (first {report['num_layers'] or 'all'} layers), finetuned for "
+             f"{report['training_steps']} steps on pycode tuples {report['tuples']}.", "",
+             "## Offline evaluation (mteb main scores x 100; held-out pycode modules)", "",
+             to_markdown(table) if rows else "(no evaluation results)", ""]
+    if verdict:
+        wins = sum(verdict.values())
+        lines += [f"Finetuned beats the untrained backbone on {wins} of {len(verdict)} tasks: "
+                  + ", ".join(f"{t} {'yes' if v else 'NO'}" for t, v in verdict.items()) + ".", ""]
+    lines += ["## Wall time per notebook", "", "| notebook | seconds |", "|---|---|"]
+    lines += [f"| {name} | {seconds} |" for name, seconds in report["notebook_seconds"].items()]
+    lines += [f"| total | {round(sum(report['notebook_seconds'].values()), 1)} |", ""]
+    for notebook, plot in (("04_mteb_evaluation", "scores.png"), ("03_multi_gpu_finetuning", "loss_curves.png"),
+                           ("01_data_curation", "mining_scores.png")):
+        if (run_dir / notebook / plot).exists():
+            shutil.copy(run_dir / notebook / plot, run_dir / plot)
+            lines += [f"![{plot}]({plot})", ""]
+    for name, text in (("report.md", "\n".join(lines)), ("report.json", json.dumps(report, indent=2))):
+        tmp = run_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(run_dir / name)
+    return run_dir / "report.md"
+
+
+def latest_run(profile: str = "cpu") -> Path | None:
+    runs = sorted(p for p in (REPO_ROOT / "runs").glob(f"*-{profile}") if (p / "report.json").exists())
+    return runs[-1] if runs else None
+
+
+def update_readme(run_dir: Path | None = None, readme: Path = REPO_ROOT / "README.md") -> str:
+    """Replace the README block between the markers with the run's table, date and machine."""
+    run_dir = run_dir or latest_run()
+    if run_dir is None:
+        raise FileNotFoundError("no runs/*-cpu/report.json yet: run `make run` first")
+    report = json.loads((run_dir / "report.json").read_text())
+    table = to_markdown(results_table(report["scores"]))
+    seconds = round(sum(report["notebook_seconds"].values()))
+    block = "\n".join([README_START, "", f"From `make run` ({run_dir.name}), {report['created']}, on "
+                       f"{report['machine']}; all notebooks took {seconds} s.", "", table, "", README_END])
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme}: add the markers {README_START} and {README_END} where the table goes")
+    head, rest = text.split(README_START, 1)
+    readme.write_text(head + block + rest.split(README_END, 1)[1])
+    return block
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", nargs="?", type=Path)
+    parser.add_argument("--update-readme", action="store_true")
+    args = parser.parse_args(argv)
+    if args.update_readme:
+        print(update_readme(args.run_dir))
+    else:
+        if args.run_dir is None:
+            parser.error("give a run folder, or --update-readme")
+        print(write_run_report(args.run_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
