@@ -11,6 +11,7 @@ import argparse
 import ast
 import datetime as dt
 import json
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -211,7 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, help="where executed copies go (default: runs/<timestamp>)")
     parser.add_argument("--cell-timeout", type=int, default=900, help="seconds per cell before failing")
     parser.add_argument("--kernel", default=KERNEL_NAME, help="Jupyter kernel name (make registers 'f2llm')")
+    parser.add_argument("--quiet", action="store_true", help="do not stream the notebooks' cell outputs")
     args = parser.parse_args(argv)
+    if not args.quiet:  # papermill logs cell outputs at INFO: show them, so progress is visible as it happens
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("    %(message)s"))
+        logger = logging.getLogger("papermill")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     try:
         run_dir = run_profile(args.profile, [p.resolve() for p in args.notebooks] or None, args.run_dir,
                               args.cell_timeout, args.kernel)

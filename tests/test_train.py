@@ -16,11 +16,13 @@ from f2llm_lib.backbones import smollm2_tokenizer
 from f2llm_lib.data.pipeline import curate
 from f2llm_lib.data.recipes import load_recipe
 from f2llm_lib.data.tokenized import write_training_files
+from f2llm_lib.paths import REPO_ROOT
 from f2llm_lib.train.config import ConfigError, TrainConfig
 from f2llm_lib.train.loader import MultitaskLoader
 
-ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+# The shipped config, so that the file users copy is the one tested.
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(REPO_ROOT / "ci" / "accelerate" / "cpu_2proc.yaml")]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,9 @@ def test_two_gloo_processes_equal_one_process_on_the_concatenated_batch(tmp_path
     out = _run([sys.executable, "-m", "f2llm_lib.train", "--config",
                 _config(tmp_path, data_dir, output_dir=str(one), per_device_batch=8), "--no-export"])
     assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count('"steps": 3') == 2, "both processes must have run (a world of 2, not 1)"
     metrics = [yaml.safe_load(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 3, "only the main process logs"
     assert any(m["dataset"].endswith("retrieval") for m in metrics), "the run must include in-batch steps"
     start = {k: v for k, v in load_file(str(_initial(tmp_path))).items()}
     a, b = _weights(two, 3), _weights(one, 3)

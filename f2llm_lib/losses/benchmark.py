@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/bench_loss"))
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small large-regime size, for tests")
+    parser.add_argument("--regime", choices=["f2llm", "large"], help="run only this regime")
+    parser.add_argument("--sizes", type=int, nargs="*", help="large-regime B = N values (default: 8192 16384 ...)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -231,7 +233,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
     rows = []
-    for regime, batch, dim in _cases(args.device, args.quick):
+    cases = _cases(args.device, args.quick)
+    if args.sizes:
+        cases = [c for c in cases if c[0] == "f2llm"] + [("large", size, 1024) for size in args.sizes]
+    cases = [c for c in cases if args.regime in (None, c[0])]
+    for regime, batch, dim in cases:
         for impl in _impls(args.device, regime, batch):
             if args.device == "cpu":
                 row = _run_case_isolated(impl, regime, batch, dim, args.device, dtype, args.reps)
