@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(rows[-2:]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "train_benchmark.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) + ["speed_vs_sentence_transformers"],
-                                extrasaction="ignore")
+        fields = list(dict.fromkeys(key for row in rows for key in row))  # every column once, in order
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     (args.out / "train_benchmark.json").write_text(json.dumps(rows, indent=2))
