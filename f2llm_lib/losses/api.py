@@ -31,8 +31,8 @@ def mrl_weights(dims: Sequence[int], hidden_size: int) -> list[float]:
     return [1.0 / ((ranked.index(dim) + 1) * math.sqrt(hidden_size / dim)) for dim in dims]
 
 
-def auto_chunk_size(batch: int, tile_elements: int = 1 << 22) -> int:
-    """Keys per chunk so that one [batch, chunk] fp32 tile stays at 16 MB: memory stays linear in B + N."""
+def auto_chunk_size(batch: int, tile_elements: int = 1 << 21) -> int:
+    """Keys per chunk so that one [batch, chunk] fp32 tile stays at 8 MB: memory stays linear in B + N."""
     return int(min(8192, max(64, tile_elements // max(batch, 1))))
 
 
@@ -81,7 +81,7 @@ def contrastive_loss(
         mrl_dims: None (full dim only), ``"f2llm_v2"`` (8, 16, ..., d) or increasing prefix dims.
         stop_grad_gather: reproduce the released code's non-differentiable gather (see ``distributed``).
         impl: ``"auto"`` (triton on CUDA, chunked on CPU), ``"reference"``, ``"chunked"``, ``"triton"``.
-        chunk_size: keys per chunk for ``chunked`` (None: as many as keep one B x chunk tile at 4M floats).
+        chunk_size: keys per chunk for ``chunked`` (None: as many as keep one B x chunk tile at 2M floats).
 
     Returns the mean over local queries; in a multi-process run, averaging parameter gradients over ranks
     (as DDP does) gives the gradient of the mean over all queries of all ranks.

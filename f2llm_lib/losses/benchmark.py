@@ -7,7 +7,8 @@ Regimes (see ../shared/F2LLM_FACTS.md, section 7):
 - ``f2llm``: 16 local queries, 512 gathered keys, 7 hard negatives per query, d in {1024, 2560}, all MRL levels;
 - ``large``: B queries against B keys (in-batch only, one level), d = 1024, B in {8192, 16384} (+65536 on GPU).
 One forward + backward is timed. CPU peak memory is measured in a fresh subprocess per case (peak RSS above the
-RSS after the inputs exist); GPU peak memory is ``max_memory_allocated`` above the inputs.
+RSS after the inputs exist, with glibc's mmap threshold fixed at 1 MiB so that freed blocks leave RSS); GPU peak
+memory is ``max_memory_allocated`` above the inputs.
 """
 
 from __future__ import annotations
@@ -92,6 +93,10 @@ def measure(impl: str, regime: str, batch: int, dim: int, device: str, dtype: to
                 t.grad = None
         step(q, p, n, k, labels, dims, weights).backward()
 
+    # BLAS allocates per-thread work buffers on its first product: a fixed cost of the process, not of the
+    # algorithm, so it goes into the baseline (the same for every implementation).
+    warm = torch.randn(256, 256, device=device, dtype=dtype)
+    (warm @ warm).sum().item()
     baseline_rss = _rss_mb()
     if device == "cuda":
         run()  # warm-up: compilation and autotuning are not part of the steady state
@@ -159,7 +164,10 @@ def _run_case_isolated(impl, regime, batch, dim, device, dtype, reps) -> dict:
     """CPU peak RSS is per process, so each CPU case runs in a fresh interpreter."""
     cmd = [sys.executable, "-m", "f2llm_lib.losses.benchmark", "--worker", json.dumps(
         [impl, regime, batch, dim, device, str(dtype).replace("torch.", ""), reps])]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # Large blocks through mmap, so a free returns memory at once and peak RSS measures live memory, not what glibc
+    # keeps mapped after frees (applied to every implementation alike).
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
         return {"impl": impl, "regime": regime, "batch": batch, "dim": dim, "device": device,
                 "error": (out.stderr.strip().splitlines() or ["failed"])[-1]}

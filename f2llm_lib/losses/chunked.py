@@ -16,7 +16,8 @@ from .reference import accumulation_dtype, safe_normalize
 
 
 def _inverse_norms(x: torch.Tensor, acc: torch.dtype, eps: float = 1e-12) -> torch.Tensor:
-    norm = torch.linalg.vector_norm(x, dim=-1, dtype=acc)
+    x = x.to(acc)
+    norm = _rowdot(x, x).sqrt()  # vector_norm would allocate an [n, d] temporary
     return torch.where(norm >= eps, 1.0 / norm.clamp_min(eps), torch.zeros_like(norm))  # zero vector: no grad
 
 
@@ -76,9 +77,17 @@ class _ChunkedInfoNCE(torch.autograd.Function):
         return dq.to(q.dtype), dk.to(k.dtype), None, None, None
 
 
-def _rowdot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Row-wise dot products without an [n, d] temporary."""
-    return (x.unsqueeze(1) @ y.unsqueeze(2)).reshape(-1)
+def _prefix(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The first ``dim`` features; the tensor itself at full width, so that autograd's slice backward does not
+    allocate a second full-size gradient."""
+    return x if dim == x.shape[-1] else x[..., :dim]
+
+
+def _rowdot(x: torch.Tensor, y: torch.Tensor, block_elements: int = 1 << 21) -> torch.Tensor:
+    """Row-wise dot products, a block of rows at a time: no [n, d] temporary (a batched matmul on unsqueezed
+    views would copy both inputs)."""
+    rows = max(1, block_elements // max(x.shape[-1], 1))
+    return torch.cat([(x[i:i + rows] * y[i:i + rows]).sum(-1) for i in range(0, x.shape[0], rows)])
 
 
 def chunked_loss(queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None,
@@ -88,11 +97,12 @@ def chunked_loss(queries: torch.Tensor, positives: torch.Tensor, negatives: torc
     acc = accumulation_dtype(queries.dtype)
     total = queries.new_zeros((), dtype=acc)
     for dim, weight in zip(dims, weights, strict=True):
-        q = safe_normalize(queries[:, :dim])
         level = 0.0
         if keys is not None:
-            level = level + _ChunkedInfoNCE.apply(queries[:, :dim], keys[:, :dim], labels, temperature, chunk)
+            level = level + _ChunkedInfoNCE.apply(_prefix(queries, dim), _prefix(keys, dim), labels, temperature,
+                                                  chunk)
         if negatives is not None:  # k + 1 candidates per query: already linear in B, no chunking needed
+            q = safe_normalize(_prefix(queries, dim))
             candidates = safe_normalize(torch.cat([positives.unsqueeze(1), negatives], dim=1)[..., :dim])
             logits = (q.unsqueeze(1) * candidates).sum(-1).to(acc) / temperature
             zeros = torch.zeros(len(q), dtype=torch.long, device=q.device)
