@@ -58,10 +58,10 @@ def test_two_gloo_processes_equal_one_process_on_the_concatenated_batch(tmp_path
     out = _run(ACCELERATE + ["--main_process_port", "29531", "-m", "f2llm_lib.train", "--config",
                              _config(tmp_path, data_dir, output_dir=str(two)), "--no-export"])
     assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count('"steps": 3') == 2, "both processes must have run (a world of 2, not 1)"
     out = _run([sys.executable, "-m", "f2llm_lib.train", "--config",
                 _config(tmp_path, data_dir, output_dir=str(one), per_device_batch=8), "--no-export"])
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count('"steps": 3') == 2, "both processes must have run (a world of 2, not 1)"
     metrics = [yaml.safe_load(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 3, "only the main process logs"
     assert any(m["dataset"].endswith("retrieval") for m in metrics), "the run must include in-batch steps"
