@@ -147,8 +147,8 @@ def run_notebook(notebook: Path, output_dir: Path, parameters: dict[str, Any], *
     notebook = notebook.resolve()
     work_dir = output_dir / notebook.stem
     work_dir.mkdir(parents=True, exist_ok=True)
-    params = {**validate_parameters(notebook, parameters), "OUTPUT_DIR": str(work_dir)}
-    validate_parameters(notebook, {"OUTPUT_DIR": str(work_dir)}, source="the runner")
+    # OUTPUT_DIR is the runner's own: a notebook that does not declare it fails here, before a kernel starts.
+    params = validate_parameters(notebook, {**parameters, "OUTPUT_DIR": str(work_dir)})
     executed = output_dir / notebook.name
     try:
         papermill.execute_notebook(

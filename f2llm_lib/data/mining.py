@@ -57,6 +57,7 @@ class BM25Scorer:
     """Model-free fallback: BM25 (bm25s). Scores are unbounded, so ``max_score`` is not applied."""
 
     bounded = False
+    instruction = None  # BM25 reads raw text
 
     def fit(self, corpus: Sequence[str]) -> None:
         import bm25s

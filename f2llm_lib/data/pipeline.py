@@ -100,6 +100,7 @@ def curate(recipe: Recipe, scorer_spec: str | None = None, num_layers: int | Non
     result = CurationResult(datasets={})
     config = MiningConfig(**{k: v for k, v in recipe.mining.items() if k != "scorer"})
     spec = scorer_spec or recipe.mining.get("scorer", "bm25")
+    scorer = None
     for tuples, info in built:
         if not tuples:
             continue
@@ -117,7 +118,9 @@ def curate(recipe: Recipe, scorer_spec: str | None = None, num_layers: int | Non
                 if "corpus_groups" in info:
                     info["corpus_groups"] = [g for g, k in zip(info["corpus_groups"], corpus_keep, strict=True) if k]
                 corpus = [t for t, k in zip(corpus, corpus_keep, strict=True) if k]
-            scorer = make_scorer(spec, num_layers, tuples[0].instruction or None)
+            if scorer is None:  # one model for every dataset of the recipe; only the instruction changes
+                scorer = make_scorer(spec, num_layers)
+            scorer.instruction = tuples[0].instruction or None
             negatives, report = mine_hard_negatives(
                 [t.query for t in tuples], [t.positive for t in tuples], corpus, scorer, config,
                 query_groups=info.get("query_groups"), corpus_groups=info.get("corpus_groups"), seed=recipe.seed,
