@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 from helpers import TOLERANCES, assert_verbose_allclose
 
-from f2llm_lib.losses import contrastive_loss, mrl_levels, mrl_weights
+from f2llm_lib.losses import contrastive_loss, fused, mrl_levels, mrl_weights
 from f2llm_lib.losses.chunked import chunked_loss
 from f2llm_lib.losses.fused import fused_loss
 from f2llm_lib.losses.reference import reference_loss
 
-IMPLS = ["reference", "chunked", "triton"]
+# triton-scratch: the fused op with the large-batch backward (fused_scratch) forced on, its scratch cut to one
+# 128-row tile so that both sides walk several chunks whenever B or N exceeds 128.
+IMPLS = ["reference", "chunked", "triton", "triton-scratch"]
 # (B, d, hard negatives per query, shared negatives, MRL, in-batch): ragged on purpose.
 SHAPES = [
     (1, 64, 0, 0, False, True),     # B = 1
@@ -31,12 +35,20 @@ def _inputs(batch, dim, k_hard, n_shared, seed=0, dtype=torch.float64):
             make(n_shared, dim) if n_shared else None)
 
 
+def _strategy(impl):
+    """impl 'triton-scratch': the public 'triton' entry point with the large-batch backward forced on."""
+    if impl == "triton-scratch":
+        return fused.forced_strategy("scratch", scratch_bytes=1)
+    return nullcontext()
+
+
 def _loss_and_grads(impl, tensors, dtype, mrl, in_batch, temperature=0.05, **kwargs):
     leaves = [t.to(dtype).detach().clone().requires_grad_() if t is not None else None for t in tensors]
     q, p, n, s = leaves
-    loss = contrastive_loss(q, p, n, shared_negatives=s, in_batch=in_batch, temperature=temperature,
-                            mrl_dims="f2llm_v2" if mrl else None, impl=impl, **kwargs)
-    loss.backward()
+    with _strategy(impl):
+        loss = contrastive_loss(q, p, n, shared_negatives=s, in_batch=in_batch, temperature=temperature,
+                                mrl_dims="f2llm_v2" if mrl else None, impl=impl.split("-")[0], **kwargs)
+        loss.backward()
     return loss.detach(), [t.grad for t in leaves if t is not None]
 
 
@@ -54,7 +66,7 @@ def test_fp32_matches_float64_reference(impl, shape):
         assert_verbose_allclose(grad, expected, atol, rtol, name=f"{impl} grad of input {index}")
 
 
-@pytest.mark.parametrize("impl", ["chunked", "triton"])
+@pytest.mark.parametrize("impl", ["chunked", "triton", "triton-scratch"])
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[5]], ids=["B17-k7-mrl", "B9-shared-mrl"])
 def test_fp16_error_no_worse_than_pytorch_fp16(impl, shape):
     batch, dim, k_hard, n_shared, mrl, in_batch = shape
@@ -69,7 +81,7 @@ def test_fp16_error_no_worse_than_pytorch_fp16(impl, shape):
         assert our_err <= torch_err + 1e-3, f"{impl}: fp16 grad error {our_err:.2e} vs PyTorch's {torch_err:.2e}"
 
 
-@pytest.mark.parametrize("impl", ["chunked", "triton"])
+@pytest.mark.parametrize("impl", ["chunked", "triton", "triton-scratch"])
 @pytest.mark.parametrize("case", ["identical", "zero", "cold"])
 def test_degenerate_inputs_stay_finite_in_fp16(impl, case):
     q, p, n, _ = _inputs(8, 32, 3, 0, seed=2)
@@ -144,3 +156,32 @@ def test_triton_key_splits_spanning_several_key_blocks(monkeypatch, target_progr
     assert_verbose_allclose(loss, truth, atol, rtol, name="loss")
     for index, (grad, expected) in enumerate(zip(grads, truth_grads, strict=True)):
         assert_verbose_allclose(grad, expected, atol, rtol, name=f"grad of input {index}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_triton_scratch_backward_over_several_chunks(dtype):
+    """B = 133 queries and N = 153 keys: with a one-tile scratch both sides take two chunks, the second ragged."""
+    tensors = _inputs(133, 24, 1, 20, seed=6)
+    truth, truth_grads = _loss_and_grads("reference", tensors, torch.float64, True, True)
+    loss, grads = _loss_and_grads("triton-scratch", tensors, dtype, True, True)
+    if dtype == torch.float32:
+        atol, rtol = TOLERANCES[torch.float32]
+        assert_verbose_allclose(loss, truth, atol, rtol, name="loss")
+        for index, (grad, expected) in enumerate(zip(grads, truth_grads, strict=True)):
+            assert_verbose_allclose(grad, expected, atol, rtol, name=f"grad of input {index}")
+    else:  # fp16: no worse than PyTorch's own fp16 (the 1 / B factor is applied after the GEMM, in fp32)
+        torch_loss, torch_grads = _loss_and_grads("reference", tensors, dtype, True, True)
+        assert (loss.double() - truth).abs() <= (torch_loss.double() - truth).abs() + 1e-3
+        for ours, theirs, expected in zip(grads, torch_grads, truth_grads, strict=True):
+            assert (ours.double() - expected).abs().max() <= (theirs.double() - expected).abs().max() + 1e-3
+
+
+def test_auto_strategy_switches_at_the_documented_size():
+    assert fused.choose_strategy(True, 16, 512) == "registers"  # F2LLM's regime: 4 launches
+    assert fused.choose_strategy(True, 2048, 2048) == "scratch"
+    assert fused.choose_strategy(False, 1 << 20, 0) == "registers"  # hard negatives only: no B x N work
+    q, p, _, _ = _inputs(4, 16, 0, 0, dtype=torch.float32)
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        fused_loss(q, p, None, p, torch.arange(4), [16], [1.0], 0.05, strategy="fast")
+    with pytest.raises(ValueError, match="strategy must be one of"), fused.forced_strategy("auto"):
+        pass

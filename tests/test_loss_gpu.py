@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import TOLERANCES, assert_verbose_allclose
 
-from f2llm_lib.losses import contrastive_loss
+from f2llm_lib.losses import contrastive_loss, fused
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run ci/gpu_check.sh)")
 
@@ -22,9 +22,7 @@ def _run(impl, tensors, dtype, mrl, in_batch_keys):
     return loss.detach(), [t.grad for t in (q, p, n, s) if t is not None]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-N{}-k{}-d{}".format(*s[:4]))
-def test_triton_on_gpu_matches_float64(shape, dtype):
+def _check_against_float64(shape, dtype):
     batch, n_keys, k_hard, dim, mrl = shape
     gen = torch.Generator().manual_seed(0)
     make = lambda *sh: torch.randn(*sh, generator=gen).to(dtype).double()  # noqa: E731  (values exact in dtype)
@@ -42,3 +40,19 @@ def test_triton_on_gpu_matches_float64(shape, dtype):
     else:
         for index, (g, e) in enumerate(zip(our_grads, truth_grads, strict=True)):
             assert_verbose_allclose(g, e, atol, rtol, name=f"grad {index} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-N{}-k{}-d{}".format(*s[:4]))
+def test_triton_on_gpu_matches_float64(shape, dtype):
+    _check_against_float64(shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", [SHAPES[2], SHAPES[3], SHAPES[5], (4096, 4200, 0, 1024, False)],
+                         ids=lambda s: "B{}-N{}-k{}-d{}".format(*s[:4]))
+def test_triton_scratch_backward_on_gpu_matches_float64(shape, dtype):
+    """The large-batch path forced on (the 4096-query case takes it by itself), its scratch cut to 1 MB so that
+    the larger shapes walk many chunks on both sides."""
+    with fused.forced_strategy("scratch", scratch_bytes=2**20):
+        _check_against_float64(shape, dtype)

@@ -28,6 +28,11 @@ def test_notebook_hygiene(path):
         if line.strip():
             assert ":" in line.split("=")[0] and "#" in line, f"typed scalar with a comment: {line!r}"
     assert "results.json" in code_cells[-1].source, "the last cell writes the notebook's results as JSON"
+    # papermill's own reader (papermill --help-notebook, its "unknown parameter" warning) must see every one
+    from papermill.translators import PythonTranslator
+
+    seen = {p.name for p in PythonTranslator.inspect(tagged[0])}
+    assert seen == set(params), f"papermill cannot parse {set(params) - seen} (no '=' inside the comment)"
 
 
 @pytest.mark.parametrize("profile", ["smoke", "cpu", "gpu"])

@@ -8,7 +8,10 @@ Regimes (see ../shared/F2LLM_FACTS.md, section 7):
 - ``large``: B queries against B keys (in-batch only, one level), d = 1024, B in {8192, 16384} (+65536 on GPU).
 One forward + backward is timed. CPU peak memory is measured in a fresh subprocess per case (peak RSS above the
 RSS after the inputs exist, with glibc's mmap threshold fixed at 1 MiB so that freed blocks leave RSS); GPU peak
-memory is ``max_memory_allocated`` above the inputs.
+memory is ``max_memory_allocated`` above the inputs. ``workspace_mb`` = peak minus the gradients returned (which
+every implementation must hold): the "extra memory" of the fused op's large-batch target.
+On a GPU the large regime also runs ``triton-registers`` (the fused op with its small-batch backward forced),
+the baseline for its large-batch path in the same run.
 """
 
 from __future__ import annotations
@@ -59,10 +62,12 @@ def _step_fn(impl: str, regime: str):
         return lambda q, p, n, k, y, d, w: compiled(q, p, n, k, y, d, w, TEMPERATURE)
     if impl == "chunked":
         return lambda q, p, n, k, y, d, w: chunked_loss(q, p, n, k, y, d, w, TEMPERATURE, auto_chunk_size(len(q)))
-    if impl == "triton":
+    if impl.startswith("triton"):
         from .fused import fused_loss
 
-        return lambda q, p, n, k, y, d, w: fused_loss(q, p, n, k, y, d, w, TEMPERATURE)
+        # "triton": the op's own choice; "triton-registers": its small-batch backward forced (in-run baseline)
+        strategy = impl.partition("-")[2] or "auto"
+        return lambda q, p, n, k, y, d, w: fused_loss(q, p, n, k, y, d, w, TEMPERATURE, strategy=strategy)
     if impl == "inf-cl":
         if regime != "large":
             raise ValueError("inf-cl has no hard negatives or MRL: large regime only")
@@ -128,10 +133,13 @@ def measure(impl: str, regime: str, batch: int, dim: int, device: str, dtype: to
             _sync(device)
         launches = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
                        and not e.name.lower().startswith("memcpy"))
+    # The gradients themselves are output, not workspace: every implementation has to return them.
+    grad_mb = sum(t.grad.numel() * t.grad.element_size() for t in (q, p, k, n) if t is not None
+                  and t.grad is not None) / 2**20
     return {"impl": impl, "regime": regime, "batch": batch, "keys": k.shape[0], "dim": dim, "levels": len(dims),
             "hard_negatives": 0 if n is None else n.shape[1], "dtype": str(dtype).replace("torch.", ""),
             "device": device, "time_ms": round(1000 * statistics.median(times), 3), "peak_mb": round(peak_mb, 2),
-            "launches": launches}
+            "grad_mb": round(grad_mb, 2), "workspace_mb": round(peak_mb - grad_mb, 2), "launches": launches}
 
 
 def _rss_mb() -> float:
@@ -154,7 +162,7 @@ def _impls(device: str, regime: str, batch: int) -> list[str]:
     if device == "cuda":
         impls.append("triton")
         if regime == "large":
-            impls.append("inf-cl")
+            impls += ["triton-registers", "inf-cl"]
         if regime == "large" and batch >= 65536:
             impls = [i for i in impls if i not in ("reference", "compiled")]  # 16 GiB per logits copy
     return impls
@@ -187,6 +195,10 @@ def _add_ratios(rows: list[dict]) -> None:
         if base and "time_ms" in row:
             row["time_vs_reference"] = round(row["time_ms"] / base["time_ms"], 3)
             row["memory_vs_reference"] = round(row["peak_mb"] / base["peak_mb"], 4) if base["peak_mb"] else None
+        inf_cl = next((r for r in rows if r["impl"] == "inf-cl" and r["batch"] == row["batch"]
+                       and r["dim"] == row["dim"] and "time_ms" in r), None)
+        if inf_cl and "time_ms" in row:  # the large-regime target: the fused op beats inf-cl
+            row["time_vs_inf_cl"] = round(row["time_ms"] / inf_cl["time_ms"], 3)
 
 
 def _plot(rows: list[dict], path: Path) -> None:
@@ -215,7 +227,8 @@ def _write_csv(rows: list[dict], out: Path) -> None:
     _add_ratios(rows)
     out.mkdir(parents=True, exist_ok=True)
     fields = ["device", "dtype", "regime", "impl", "batch", "keys", "dim", "levels", "hard_negatives", "time_ms",
-              "peak_mb", "launches", "time_vs_reference", "memory_vs_reference", "error"]
+              "peak_mb", "grad_mb", "workspace_mb", "launches", "time_vs_reference", "memory_vs_reference",
+              "time_vs_inf_cl", "error"]
     tmp = out / "loss_benchmark.csv.tmp"
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")

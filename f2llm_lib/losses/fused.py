@@ -6,10 +6,11 @@ feature dim computes every level's dot products. The kernels walk d segment by s
 and running sums of squares hold the prefix norms. That level's logits are then ``acc * a_i * b_j / tau``.
 
 Kernels (4 launches per forward + backward; no atomics in backward, no fp32 gradient scratch):
-1. ``_ib_fwd``: grid (query blocks, key blocks). Per tile and level: online-softmax statistics of the in-batch
-   logits (row max, sum of exp, softmax-weighted sum of logits) written per key block. Splitting over keys as
-   well as queries keeps a GPU busy with 16 local queries. No B x N tensor is ever written.
-2. ``_row_fwd``: one program per query. Combines the key-block statistics into a log-sum-exp per level, computes
+1. ``_ib_fwd``: grid (query blocks, key splits). Per tile and level: online-softmax statistics of the in-batch
+   logits (row max, sum of exp, softmax-weighted sum of logits), merged over the split's key blocks and written
+   once per split. Splitting over keys as well as queries keeps a GPU busy with 16 local queries; the number of
+   splits is what fills the GPU (``TARGET_PROGRAMS``), no more. No B x N tensor is ever written.
+2. ``_row_fwd``: one program per query. Combines the per-split statistics into a log-sum-exp per level, computes
    the positive's logit, the hard-negative softmax (positive + its k negatives) and the loss, and stores the
    per-row coefficients of the backward (hard-negative and normalisation terms; linear in the incoming gradient).
 3. ``_bwd_dq``: grid (query blocks, feature-column blocks). Loops over all keys, recomputing each tile, and
@@ -18,7 +19,16 @@ Kernels (4 launches per forward + backward; no atomics in backward, no fp32 grad
 4. ``_bwd_dk``: grid (key blocks, feature-column blocks). The same over all queries for dk, including the column
    sums that the key normalisation needs, which it owns entirely.
 Splitting the backward over feature columns costs recomputation (d / 256 tile passes per side) but keeps the
-accumulators in registers: no atomics and no [B + N, d] fp32 buffer.
+accumulators in registers: no atomics and no [B + N, d] fp32 buffer. That is the right trade for F2LLM's 16 x 512
+problem (launches dominate) and the wrong one for 65,536 x 65,536 (the recomputed logits dominate).
+
+Two strategies, picked per call by ``choose_strategy`` (``strategy=`` or ``forced_strategy`` override it):
+- ``registers`` (fewer than ``SCRATCH_MIN_PAIRS`` query-key pairs, or no in-batch loss): the 4 kernels above;
+- ``scratch`` (large in-batch problems): the forward reads prefix norms computed once (``prefix_norms``) instead
+  of summing squares in every tile, with GEMM-sized tiles; the in-batch backward recomputes each logit once per
+  side and sends its gradient through a bounded scratch and one GEMM per chunk (``fused_scratch``); ``_bwd_dq``
+  then adds the per-row terms to each chunk of queries. Extra memory: ``fused_scratch.SCRATCH_BYTES`` (32 MiB)
+  plus O((B + N) x levels) floats, whatever B and N are.
 
 Normalisation gradient: for x_hat = x * a with a = 1 / ||x||, dL/dx = a * dL/dx_hat - a^2 (x_hat . dL/dx_hat) x.
 The scalar (x_hat . dL/dx_hat) equals sum_j dL/ds_ij * s_ij, which is accumulated tile by tile.
@@ -28,29 +38,29 @@ would return a gradient of order 1e12 there).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import triton
 import triton.language as tl
 
-EPS = tl.constexpr(1e-12)
+from . import fused_scratch
+from .fused_common import EPS, dot
+
 # Programs the forward grid aims for (a few per SM on an H100); tests lower it to exercise multi-block splits.
 TARGET_PROGRAMS = 512
+# From this many query-key pairs on (2,048^2), the backward goes through fused_scratch (one recomputation per side).
+SCRATCH_MIN_PAIRS = 1 << 22
+STRATEGIES = ("auto", "registers", "scratch")
 
 
 @triton.jit
-def _dot(a, b, acc, IEEE: tl.constexpr):
-    if IEEE:
-        return tl.dot(a, b, acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc)
-
-
-@triton.jit
-def _ib_fwd(Q, K, DIMS, PM, PL, PT, LOSS, B, N, D, L, inv_temp, BLOCKS_PER_SPLIT, LP: tl.constexpr,
-            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
-    """One query block x one split of the keys (BLOCKS_PER_SPLIT key blocks, merged online in registers)."""
+def _ib_fwd(Q, K, QN, KN, DIMS, PM, PL, PT, LOSS, B, N, D, L, inv_temp, BLOCKS_PER_SPLIT, LP: tl.constexpr,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRENORM: tl.constexpr,
+            IEEE: tl.constexpr):
+    """One query block x one split of the keys (BLOCKS_PER_SPLIT key blocks, merged online in registers).
+    PRENORM: read the prefix norms from QN [L, B] and KN [L, N] instead of summing squares in every tile."""
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
     if (pid_m == 0) & (pid_s == 0):
@@ -79,14 +89,21 @@ def _ib_fwd(Q, K, DIMS, PM, PL, PT, LOSS, B, N, D, L, inv_temp, BLOCKS_PER_SPLIT
                             other=0.0)
                 k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :],
                             other=0.0)
-                acc = _dot(q, tl.trans(k), acc, IEEE)
-                qf = q.to(tl.float32)
-                kf = k.to(tl.float32)
-                q_sq += tl.sum(qf * qf, axis=1)
-                k_sq += tl.sum(kf * kf, axis=1)
+                acc = dot(q, tl.trans(k), acc, IEEE)
+                if not PRENORM:
+                    qf = q.to(tl.float32)
+                    kf = k.to(tl.float32)
+                    q_sq += tl.sum(qf * qf, axis=1)
+                    k_sq += tl.sum(kf * kf, axis=1)
             start = end
-            a = 1.0 / tl.maximum(tl.sqrt(q_sq), EPS)
-            b = 1.0 / tl.maximum(tl.sqrt(k_sq), EPS)
+            if PRENORM:
+                q_norm = tl.load(QN + level * B + offs_m, mask=mask_m, other=1.0)
+                k_norm = tl.load(KN + level * N + offs_n, mask=mask_n, other=1.0)
+            else:
+                q_norm = tl.sqrt(q_sq)
+                k_norm = tl.sqrt(k_sq)
+            a = 1.0 / tl.maximum(q_norm, EPS)
+            b = 1.0 / tl.maximum(k_norm, EPS)
             s = tl.where(mask_n[None, :], acc * a[:, None] * b[None, :] * inv_temp, 0.0)
             tile_max = tl.max(tl.where(mask_n[None, :], s, float("-inf")), axis=1)
             p = tl.where(mask_n[None, :], tl.exp(s - tile_max[:, None]), 0.0)
@@ -201,7 +218,7 @@ def _tile_grad(Q, K, LABELS, DIMS, W, LSE_IB, offs_m, offs_n, level, start, end,
         mask_d = offs_d < end
         q = tl.load(Q + offs_m[:, None] * D + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
         k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        acc = _dot(q, tl.trans(k), acc, IEEE)
+        acc = dot(q, tl.trans(k), acc, IEEE)
         qf = q.to(tl.float32)
         kf = k.to(tl.float32)
         q_sq += tl.sum(qf * qf, axis=1)
@@ -224,15 +241,17 @@ def _tile_grad(Q, K, LABELS, DIMS, W, LSE_IB, offs_m, offs_n, level, start, end,
 
 
 @triton.jit
-def _bwd_dq(Q, P, H, K, LABELS, DIMS, W, LSE_IB, ALPHA, DELTA, BETA, GOUT, OQ, OP, OH, B, N, D, L, KH, inv_temp,
-            inv_b, HAS_IB: tl.constexpr, HAS_HARD: tl.constexpr, KP: tl.constexpr, BLOCK_M: tl.constexpr,
-            BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, IEEE: tl.constexpr):
-    """dL/dq (and the hard candidates') for BLOCK_M queries x BLOCK_C feature columns; loops over all keys."""
+def _bwd_dq(Q, P, H, K, LABELS, DIMS, W, LSE_IB, ALPHA, DELTA, BETA, GOUT, EXTRA, OQ, OP, OH, B, N, D, L, KH,
+            ROW0, ROWS, inv_temp, inv_b, HAS_IB: tl.constexpr, HAS_HARD: tl.constexpr, HAS_EXTRA: tl.constexpr,
+            KP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+            BLOCK_C: tl.constexpr, IEEE: tl.constexpr):
+    """dL/dq (and the hard candidates') for BLOCK_M of the queries [ROW0, ROW0 + ROWS) x BLOCK_C feature columns;
+    HAS_IB: loops over all keys for the in-batch part; HAS_EXTRA: adds a precomputed fp32 part EXTRA [ROWS, D]."""
     pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = ROW0 + pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_m = offs_m < B
+    mask_m = offs_m < ROW0 + ROWS
     chunk_start = pid_c * BLOCK_C
     g_out = tl.load(GOUT).to(tl.float32)
     dq = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
@@ -252,7 +271,7 @@ def _bwd_dq(Q, P, H, K, LABELS, DIMS, W, LSE_IB, ALPHA, DELTA, BETA, GOUT, OQ, O
                 if end > chunk_start:  # this level's prefix reaches into our columns
                     kc = tl.load(K + offs_n[:, None] * D + offs_c[None, :],
                                  mask=(offs_n[:, None] < N) & (offs_c[None, :] < end), other=0.0)
-                    dq = _dot(grad_dot.to(kc.dtype), kc, dq, IEEE)
+                    dq = dot(grad_dot.to(kc.dtype), kc, dq, IEEE)
     q_chunk = tl.load(Q + offs_m[:, None] * D + offs_c[None, :],
                       mask=mask_m[:, None] & (offs_c[None, :] < D), other=0.0).to(tl.float32)
     beta = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
@@ -260,6 +279,9 @@ def _bwd_dq(Q, P, H, K, LABELS, DIMS, W, LSE_IB, ALPHA, DELTA, BETA, GOUT, OQ, O
         cover = offs_c[None, :] < tl.load(DIMS + level)
         beta += tl.where(cover, tl.load(BETA + level * B + offs_m, mask=mask_m, other=0.0)[:, None], 0.0)
     dq += beta * q_chunk
+    if HAS_EXTRA:
+        dq += tl.load(EXTRA + (offs_m - ROW0)[:, None] * D + offs_c[None, :],
+                      mask=mask_m[:, None] & (offs_c[None, :] < D), other=0.0)
     if HAS_HARD:
         for c in range(KH + 1):
             pos = tl.load(P + offs_m[:, None] * D + offs_c[None, :],
@@ -320,7 +342,7 @@ def _bwd_dk(Q, K, LABELS, DIMS, W, LSE_IB, GOUT, OK, B, N, D, L, inv_temp, inv_b
             if end > chunk_start:
                 qc = tl.load(Q + offs_m[:, None] * D + offs_c[None, :],
                              mask=(offs_m[:, None] < B) & (offs_c[None, :] < end), other=0.0)
-                dk = _dot(tl.trans(grad_dot.to(qc.dtype)), qc, dk, IEEE)
+                dk = dot(tl.trans(grad_dot.to(qc.dtype)), qc, dk, IEEE)
     k_chunk = tl.load(K + offs_n[:, None] * D + offs_c[None, :], mask=mask_n[:, None] & (offs_c[None, :] < D),
                       other=0.0).to(tl.float32)
     correction = -inv_norms * inv_norms * col_sums  # [BLOCK_N, LP]: key-norm correction per level
@@ -353,9 +375,35 @@ def _column_block(dim: int) -> int:
     return max(16, min(256, triton.next_power_of_2(dim)))
 
 
+def choose_strategy(has_ib: bool, batch: int, n_keys: int) -> str:
+    """``registers`` (4 launches, every accumulator in registers: F2LLM's 16 x 512 regime) or ``scratch``
+    (large in-batch problems: one logit recomputation per side, see ``fused_scratch``)."""
+    return "scratch" if has_ib and batch * n_keys >= SCRATCH_MIN_PAIRS else "registers"
+
+
+_forced_strategy: str | None = None
+
+
+@contextmanager
+def forced_strategy(strategy: str, scratch_bytes: int | None = None) -> Iterator[None]:
+    """Inside the block, ``strategy="auto"`` calls (e.g. through ``contrastive_loss``) use ``strategy``, and
+    optionally a smaller scratch (so that small test shapes walk several chunks): tests, notebook, benchmark."""
+    global _forced_strategy
+    if strategy not in STRATEGIES[1:]:
+        raise ValueError(f"strategy must be one of {STRATEGIES[1:]}, got {strategy!r}")
+    saved = _forced_strategy, fused_scratch.SCRATCH_BYTES
+    _forced_strategy = strategy
+    fused_scratch.SCRATCH_BYTES = scratch_bytes or fused_scratch.SCRATCH_BYTES
+    try:
+        yield
+    finally:
+        _forced_strategy, fused_scratch.SCRATCH_BYTES = saved
+
+
 class _FusedContrastive(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, pos, neg, keys, labels, dims: Sequence[int], weights: Sequence[float], temperature: float):
+    def forward(ctx, q, pos, neg, keys, labels, dims: Sequence[int], weights: Sequence[float], temperature: float,
+                strategy: str):
         q, pos = q.contiguous(), pos.contiguous()
         batch, dim = q.shape
         has_ib, has_hard = keys is not None, neg is not None
@@ -363,37 +411,49 @@ class _FusedContrastive(torch.autograd.Function):
         keys = keys.contiguous() if has_ib else q
         labels = labels.contiguous() if has_ib else torch.zeros(1, dtype=torch.long, device=q.device)
         n_keys, k_hard, n_levels = (keys.shape[0] if has_ib else 0), (neg.shape[1] if has_hard else 0), len(dims)
+        if strategy == "auto":
+            strategy = _forced_strategy or choose_strategy(has_ib, batch, n_keys)
+        scratch = strategy == "scratch" and has_ib
         device = q.device
         dims_t = torch.tensor(list(dims), dtype=torch.int32, device=device)
         weights_t = torch.tensor(list(weights), dtype=torch.float32, device=device)
         blocks = _blocks(batch, dim)
-        n_blocks = _key_splits(batch, n_keys, blocks) if has_ib else 1  # statistics per row: one set per split
         kp = triton.next_power_of_2(k_hard + 1)
         ieee = q.dtype == torch.float32
-        stats = torch.empty((3, n_blocks, n_levels, batch), dtype=torch.float32, device=device)
         lse_ib = torch.empty((n_levels, batch), dtype=torch.float32, device=device)
         coefs = torch.empty((2, n_levels, batch, kp) if has_hard else (2, 1), dtype=torch.float32, device=device)
         beta = torch.empty((n_levels, batch), dtype=torch.float32, device=device)
         inv_temp, inv_b = 1.0 / temperature, 1.0 / batch
+        norms = (torch.empty(1, device=device),) * 2  # dummies unless the scratch path reads prefix norms
+        if scratch:
+            norms = (fused_scratch.prefix_norms(q, dims_t), fused_scratch.prefix_norms(keys, dims_t))
+        fwd_blocks = {**fused_scratch.GRAD_BLOCKS, "BLOCK_N": 64, "BLOCK_D": fused_scratch.grad_block_d(q.dtype)} \
+            if scratch else blocks
+        fwd_launch = {"num_warps": fused_scratch.GRAD_WARPS, "num_stages": fused_scratch.GRAD_STAGES} \
+            if scratch else {}
+        n_splits = _key_splits(batch, n_keys, fwd_blocks) if has_ib else 1  # statistics per row: one per split
+        stats = torch.empty((3, n_splits, n_levels, batch), dtype=torch.float32, device=device)
         if has_ib:
             loss = torch.empty(1, dtype=torch.float32, device=device)  # zeroed by _ib_fwd
-            per_split = triton.cdiv(triton.cdiv(n_keys, blocks["BLOCK_N"]), n_blocks)
-            grid = (triton.cdiv(batch, blocks["BLOCK_M"]), n_blocks)
-            _ib_fwd[grid](q, keys, dims_t, stats[0], stats[1], stats[2], loss, batch, n_keys, dim, n_levels,
-                          inv_temp, per_split, LP=triton.next_power_of_2(n_levels), IEEE=ieee, **blocks)
+            per_split = triton.cdiv(triton.cdiv(n_keys, fwd_blocks["BLOCK_N"]), n_splits)
+            grid = (triton.cdiv(batch, fwd_blocks["BLOCK_M"]), n_splits)
+            _ib_fwd[grid](q, keys, norms[0], norms[1], dims_t, stats[0], stats[1], stats[2], loss, batch, n_keys,
+                          dim, n_levels, inv_temp, per_split, LP=triton.next_power_of_2(n_levels), PRENORM=scratch,
+                          IEEE=ieee, **fwd_blocks, **fwd_launch)
         else:
             loss = torch.zeros(1, dtype=torch.float32, device=device)
         _row_fwd[(batch,)](q, pos, neg, keys, labels, dims_t, weights_t, stats[0], stats[1], stats[2], lse_ib,
-                           coefs[0], coefs[1], beta, loss, batch, dim, n_levels, k_hard, n_blocks, inv_temp, inv_b,
+                           coefs[0], coefs[1], beta, loss, batch, dim, n_levels, k_hard, n_splits, inv_temp, inv_b,
                            HAS_IB=has_ib, HAS_HARD=has_hard, KP=kp, BLOCK_D=blocks["BLOCK_D"])
-        ctx.save_for_backward(q, pos, neg, keys, labels, dims_t, weights_t, lse_ib, coefs, beta)
-        ctx.meta = (has_ib, has_hard, n_keys, k_hard, kp, inv_temp, inv_b, blocks, ieee)
+        ctx.save_for_backward(q, pos, neg, keys, labels, dims_t, weights_t, lse_ib, coefs, beta, *norms)
+        ctx.meta = (has_ib, has_hard, n_keys, k_hard, kp, inv_temp, inv_b, blocks, ieee, scratch, tuple(dims),
+                    tuple(weights))
         return loss[0]
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, pos, neg, keys, labels, dims_t, weights_t, lse_ib, coefs, beta = ctx.saved_tensors
-        has_ib, has_hard, n_keys, k_hard, kp, inv_temp, inv_b, blocks, ieee = ctx.meta
+        q, pos, neg, keys, labels, dims_t, weights_t, lse_ib, coefs, beta, q_norms, k_norms = ctx.saved_tensors
+        has_ib, has_hard, n_keys, k_hard, kp, inv_temp, inv_b, blocks, ieee, scratch, dims, weights = ctx.meta
         batch, dim = q.shape
         n_levels = dims_t.shape[0]
         grad_out = grad_out.reshape(1).to(torch.float32)
@@ -402,24 +462,42 @@ class _FusedContrastive(torch.autograd.Function):
         out_q = torch.empty_like(q)
         out_p = torch.empty_like(pos) if has_hard else None
         out_h = torch.empty_like(neg) if has_hard else None
-        _bwd_dq[(triton.cdiv(batch, blocks["BLOCK_M"]), triton.cdiv(dim, block_c))](
-            q, pos, neg, keys, labels, dims_t, weights_t, lse_ib, coefs[0], coefs[1], beta, grad_out, out_q,
-            out_p if has_hard else q, out_h if has_hard else q, batch, n_keys, dim, n_levels, k_hard, inv_temp, inv_b,
-            HAS_IB=has_ib, HAS_HARD=has_hard, KP=kp, BLOCK_C=block_c, IEEE=ieee, num_warps=warps, **blocks)
+
+        def dq_kernel(row0: int, rows: int, extra: torch.Tensor | None) -> None:
+            _bwd_dq[(triton.cdiv(rows, blocks["BLOCK_M"]), triton.cdiv(dim, block_c))](
+                q, pos, neg, keys, labels, dims_t, weights_t, lse_ib, coefs[0], coefs[1], beta, grad_out,
+                extra if extra is not None else q, out_q, out_p if has_hard else q, out_h if has_hard else q, batch,
+                n_keys, dim, n_levels, k_hard, row0, rows, inv_temp, inv_b, HAS_IB=has_ib and not scratch,
+                HAS_HARD=has_hard, HAS_EXTRA=extra is not None, KP=kp, BLOCK_C=block_c, IEEE=ieee, num_warps=warps,
+                **blocks)
+
         out_k = None
+        if scratch:
+            args = (q, keys, labels, dims, weights, lse_ib, q_norms, k_norms, inv_temp, inv_b)
+            for row0, rows, extra in fused_scratch.query_chunks(*args):
+                dq_kernel(row0, rows, extra)
+            out_k = fused_scratch.key_grads(*args, grad_out)
+            return out_q, out_p, out_h, out_k, None, None, None, None, None
+        dq_kernel(0, batch, None)
         if has_ib:
             out_k = torch.empty_like(keys)
             _bwd_dk[(triton.cdiv(n_keys, blocks["BLOCK_N"]), triton.cdiv(dim, block_c))](
                 q, keys, labels, dims_t, weights_t, lse_ib, grad_out, out_k, batch, n_keys, dim, n_levels, inv_temp,
                 inv_b, LP=triton.next_power_of_2(n_levels), BLOCK_C=block_c, IEEE=ieee, num_warps=warps, **blocks)
-        return out_q, out_p, out_h, out_k, None, None, None, None
+        return out_q, out_p, out_h, out_k, None, None, None, None, None
+
 
 
 def fused_loss(queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None,
                keys: torch.Tensor | None, labels: torch.Tensor | None, dims: Sequence[int],
-               weights: Sequence[float], temperature: float) -> torch.Tensor:
-    """Same semantics as :func:`~f2llm_lib.losses.reference.reference_loss`, in one fused autograd op."""
+               weights: Sequence[float], temperature: float, strategy: str = "auto") -> torch.Tensor:
+    """Same semantics as :func:`~f2llm_lib.losses.reference.reference_loss`, in one fused autograd op.
+
+    ``strategy``: ``auto`` (registers below ``SCRATCH_MIN_PAIRS`` query-key pairs, scratch above), or either
+    one forced (tests and benchmarks)."""
     if queries.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"the Triton loss takes float32, float16 or bfloat16 inputs, got {queries.dtype}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     return _FusedContrastive.apply(queries, positives, negatives, keys, labels, tuple(dims), tuple(weights),
-                                   temperature)
+                                   temperature, strategy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -27,11 +28,21 @@ def online_logsumexp(logits: torch.Tensor, chunk: int) -> tuple[torch.Tensor, li
     return run_max + torch.log(run_sum), history
 
 
+def _strategy_for(impl: str) -> AbstractContextManager:
+    """'triton-scratch': the fused op with its large-batch backward forced on, one tile of scratch per chunk."""
+    if impl != "triton-scratch":
+        return nullcontext()
+    from .fused import forced_strategy  # imports triton: only once the caller has chosen the interpreter or a GPU
+
+    return forced_strategy("scratch", scratch_bytes=1)
+
+
 def compare_to_float64(shapes: Sequence[tuple[int, int, int, int, bool, bool]], impls: Sequence[str],
                        dtype: torch.dtype = torch.float32, seed: int = 0) -> list[dict]:
     """Max abs error of loss and gradients against the float64 reference, per shape and implementation.
 
-    A shape is (B, d, hard negatives per query, shared negatives, MRL, in-batch).
+    A shape is (B, d, hard negatives per query, shared negatives, MRL, in-batch). ``impls`` are
+    ``contrastive_loss`` impls, plus ``triton-scratch`` (the fused op's large-batch backward, forced).
     """
     rows = []
     for batch, dim, k_hard, n_shared, mrl, in_batch in shapes:
@@ -42,9 +53,11 @@ def compare_to_float64(shapes: Sequence[tuple[int, int, int, int, bool, bool]], 
         def run(impl, dt, base=base, mrl=mrl, in_batch=in_batch):
             leaves = [t.to(dt).clone().requires_grad_() if t is not None else None for t in base]
             q, p, n, s = leaves
-            loss = contrastive_loss(q, p, n, shared_negatives=s, in_batch=in_batch,
-                                    mrl_dims="f2llm_v2" if mrl else None, impl=impl, chunk_size=8)
-            loss.backward()
+            with _strategy_for(impl):
+                loss = contrastive_loss(q, p, n, shared_negatives=s, in_batch=in_batch,
+                                        mrl_dims="f2llm_v2" if mrl else None, impl=impl.split("-")[0],
+                                        chunk_size=8)
+                loss.backward()
             return loss.detach().double(), [t.grad.double() for t in leaves if t is not None]
 
         truth, truth_grads = run("reference", torch.float64)

@@ -1,0 +1,174 @@
+"""The large-batch backward of the fused loss: one recomputation per side and a bounded scratch of gradient tiles.
+
+The register backward of ``fused`` keeps each program's accumulator in registers, so it recomputes every
+logit tile once per 256 feature columns: 4x the logit work at d = 1024, which dominates at 65,536 x 65,536.
+Here the logits are recomputed once per side instead and their gradients go through a bounded scratch:
+
+- query side, per chunk of R queries: ``_ib_grad_tile`` writes G[R, N] = (p - y) b_j / tau (the logit
+  gradient times the key's inverse norm, in the input dtype), then one GEMM G @ K gives the chunk's raw-dot
+  gradient; the query's own factor a_i w / B is applied after it in fp32, so fp16 never sees the 1 / B that
+  would underflow at large B;
+- key side, per chunk of C keys: the transposed tile G'[C, B] = (p - y) a_i / tau, then G' @ Q, times
+  b_j w / B; the key-normalisation term needs sum_i dL/ds_ij s_ij = k_j . (G'Q)_j (times the factors),
+  which the GEMM result already holds, so no column sums are accumulated anywhere.
+
+R and C are chosen so the scratch stays at ``SCRATCH_BYTES`` (when one row of it fits), whatever B and N are:
+the extra memory is that scratch, one [R, d] fp32 accumulator and the per-row statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from .fused_common import EPS, dot
+
+SCRATCH_BYTES = 32 * 2**20
+# Tile shape of the GEMM-like kernels of this path (a standard Hopper GEMM tile; see the benchmark to retune).
+GRAD_BLOCKS = {"BLOCK_M": 128, "BLOCK_N": 128}
+GRAD_WARPS, GRAD_STAGES = 8, 3
+
+
+@triton.jit
+def _prefix_norms(X, DIMS, OUT, R, D, L, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """OUT[level, r] = ||X[r, :DIMS[level]]||, every level in one pass over the row."""
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    mask_r = offs_r < R
+    sq = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    start = 0
+    for level in range(L):
+        end = tl.load(DIMS + level)
+        for d0 in range(start, end, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            x = tl.load(X + offs_r[:, None] * D + offs_d[None, :], mask=mask_r[:, None] & (offs_d[None, :] < end),
+                        other=0.0).to(tl.float32)
+            sq += tl.sum(x * x, axis=1)
+        start = end
+        tl.store(OUT + level * R + offs_r, tl.sqrt(sq), mask=mask_r)
+
+
+@triton.jit
+def _ib_grad_tile(Q, K, QN, KN, LABELS, LSE_IB, OUT, B, N, D, level, end, row0, rows, col0, cols, inv_temp,
+                  TRANS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                  IEEE: tl.constexpr):
+    """One tile of one level's in-batch logit gradient, queries [row0, row0 + rows) x keys [col0, col0 + cols).
+
+    TRANS False: OUT[i - row0, j - col0] = (p_ij - y_ij) b_j / tau   (query side; [rows, cols])
+    TRANS True:  OUT[j - col0, i - row0] = (p_ij - y_ij) a_i / tau   (key side; [cols, rows])
+    """
+    # The fastest grid axis walks the short side (the chunk), so programs running together share the long side's
+    # tile and each chunk reads the long operand from HBM about once.
+    offs_m = row0 + tl.program_id(1 if TRANS else 0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = col0 + tl.program_id(0 if TRANS else 1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < row0 + rows
+    mask_n = offs_n < col0 + cols
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for d0 in range(0, end, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < end
+        q = tl.load(Q + offs_m[:, None] * D + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        acc = dot(q, tl.trans(k), acc, IEEE)
+    q_norm = tl.load(QN + level * B + offs_m, mask=mask_m, other=1.0)
+    k_norm = tl.load(KN + level * N + offs_n, mask=mask_n, other=1.0)
+    a = 1.0 / tl.maximum(q_norm, EPS)
+    b = 1.0 / tl.maximum(k_norm, EPS)
+    s = acc * a[:, None] * b[None, :] * inv_temp
+    lse = tl.load(LSE_IB + level * B + offs_m, mask=mask_m, other=0.0)
+    labels = tl.load(LABELS + offs_m, mask=mask_m, other=-1)
+    valid = mask_m[:, None] & mask_n[None, :]
+    onehot = (offs_n[None, :] == labels[:, None]).to(tl.float32)
+    grad = tl.where(valid, tl.exp(s - lse[:, None]) - onehot, 0.0)
+    if TRANS:
+        a_g = tl.where(q_norm >= EPS, a, 0.0)  # a zero vector gets no gradient
+        grad = grad * (a_g * inv_temp)[:, None]
+        ptrs = OUT + (offs_n - col0)[None, :] * rows + (offs_m - row0)[:, None]
+    else:
+        b_g = tl.where(k_norm >= EPS, b, 0.0)
+        grad = grad * (b_g * inv_temp)[None, :]
+        ptrs = OUT + (offs_m - row0)[:, None] * cols + (offs_n - col0)[None, :]
+    tl.store(ptrs, grad.to(OUT.dtype.element_ty), mask=valid)
+
+
+def prefix_norms(x: torch.Tensor, dims_t: torch.Tensor) -> torch.Tensor:
+    """[levels, rows] fp32: each row's norm over each MRL prefix."""
+    rows, dim = x.shape
+    out = torch.empty((dims_t.shape[0], rows), dtype=torch.float32, device=x.device)
+    _prefix_norms[(triton.cdiv(rows, 64),)](x, dims_t, out, rows, dim, dims_t.shape[0], BLOCK_R=64,
+                                            BLOCK_D=64 if dim > 32 else 32)
+    return out
+
+
+def grad_block_d(dtype: torch.dtype) -> int:
+    return 64 if dtype in (torch.float16, torch.bfloat16) else 32
+
+
+def chunk_size(other: int, element_size: int, block: int) -> int:
+    """Rows of a [chunk, other] scratch that fit ``SCRATCH_BYTES`` (a multiple of the tile, at least one tile)."""
+    fit = SCRATCH_BYTES // max(1, other * element_size)
+    return max(block, fit // block * block)
+
+
+def _gradient_factor(norms: torch.Tensor) -> torch.Tensor:
+    """1 / ||x|| per level and row, 0 for a (near-)zero vector whose direction, hence gradient, is undefined."""
+    return torch.where(norms >= 1e-12, 1.0 / norms.clamp_min(1e-12), torch.zeros_like(norms))
+
+
+def _launch_tiles(q, keys, q_norms, k_norms, labels, lse_ib, out, level, end, row0, rows, col0, cols, inv_temp,
+                  trans: bool) -> None:
+    grid = (triton.cdiv(rows, GRAD_BLOCKS["BLOCK_M"]), triton.cdiv(cols, GRAD_BLOCKS["BLOCK_N"]))
+    grid = grid[::-1] if trans else grid
+    _ib_grad_tile[grid](q, keys, q_norms, k_norms, labels, lse_ib, out, q.shape[0], keys.shape[0], q.shape[1],
+                        level, end, row0, rows, col0, cols, inv_temp, TRANS=trans, BLOCK_D=grad_block_d(q.dtype),
+                        IEEE=q.dtype == torch.float32, num_warps=GRAD_WARPS, num_stages=GRAD_STAGES, **GRAD_BLOCKS)
+
+
+def query_chunks(q, keys, labels, dims: Sequence[int], weights: Sequence[float], lse_ib, q_norms, k_norms,
+                 inv_temp: float, inv_b: float) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield (first row, rows, fp32 [rows, d] in-batch gradient of those queries, before the incoming grad)."""
+    batch, dim = q.shape
+    n_keys = keys.shape[0]
+    step = chunk_size(n_keys, q.element_size(), GRAD_BLOCKS["BLOCK_M"])
+    scratch = torch.empty(min(step, batch) * n_keys, dtype=q.dtype, device=q.device)
+    extra = torch.empty((min(step, batch), dim), dtype=torch.float32, device=q.device)
+    factors = _gradient_factor(q_norms)
+    for row0 in range(0, batch, step):
+        rows = min(step, batch - row0)
+        grad_tiles, acc = scratch[: rows * n_keys].view(rows, n_keys), extra[:rows]
+        acc.zero_()
+        for level, (end, weight) in enumerate(zip(dims, weights, strict=True)):
+            _launch_tiles(q, keys, q_norms, k_norms, labels, lse_ib, grad_tiles, level, end, row0, rows, 0, n_keys,
+                          inv_temp, trans=False)
+            part = torch.mm(grad_tiles, keys[:, :end]).float()
+            acc[:, :end] += part.mul_((factors[level, row0:row0 + rows] * (weight * inv_b))[:, None])
+        yield row0, rows, acc
+
+
+def key_grads(q, keys, labels, dims: Sequence[int], weights: Sequence[float], lse_ib, q_norms, k_norms,
+              inv_temp: float, inv_b: float, grad_out: torch.Tensor) -> torch.Tensor:
+    """dL/dkeys, chunk by chunk of keys; the key-normalisation term comes from the GEMM result itself."""
+    batch, dim = q.shape
+    n_keys = keys.shape[0]
+    step = chunk_size(batch, q.element_size(), GRAD_BLOCKS["BLOCK_N"])
+    scratch = torch.empty(min(step, n_keys) * batch, dtype=q.dtype, device=q.device)
+    extra = torch.empty((min(step, n_keys), dim), dtype=torch.float32, device=q.device)
+    factors = _gradient_factor(k_norms)
+    out = torch.empty_like(keys)
+    for col0 in range(0, n_keys, step):
+        cols = min(step, n_keys - col0)
+        grad_tiles, acc = scratch[: cols * batch].view(cols, batch), extra[:cols]
+        acc.zero_()
+        for level, (end, weight) in enumerate(zip(dims, weights, strict=True)):
+            _launch_tiles(q, keys, q_norms, k_norms, labels, lse_ib, grad_tiles, level, end, 0, batch, col0, cols,
+                          inv_temp, trans=True)
+            b_g = factors[level, col0:col0 + cols]
+            grad_unit = torch.mm(grad_tiles, q[:, :end]).float().mul_((b_g * (weight * inv_b))[:, None])
+            k_prefix = keys[col0:col0 + cols, :end].float()
+            # d/dk of k / ||k||: remove the component along k (sum_i dL/ds_ij s_ij = k_j . grad_unit_j)
+            along = (k_prefix * grad_unit).sum(dim=1) * b_g * b_g
+            acc[:, :end] += grad_unit.sub_(k_prefix * along[:, None])  # k_prefix may be the keys themselves
+        out[col0:col0 + cols] = (acc * grad_out).to(out.dtype)
+    return out
