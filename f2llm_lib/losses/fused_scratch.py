@@ -33,14 +33,14 @@ GRAD_WARPS, GRAD_STAGES = 8, 3
 
 
 @triton.jit
-def _prefix_norms(X, DIMS, OUT, R, D, L, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+def _prefix_norms(X, DIMS, OUT, R, D, L, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, DIMS_DIV: tl.constexpr):
     """OUT[level, r] = ||X[r, :DIMS[level]]||, every level in one pass over the row."""
     offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     mask_r = offs_r < R
     sq = tl.zeros((BLOCK_R,), dtype=tl.float32)
     start = 0
     for level in range(L):
-        end = tl.load(DIMS + level)
+        end = tl.multiple_of(tl.load(DIMS + level), DIMS_DIV)  # lets the loads vectorise
         for d0 in range(start, end, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
             x = tl.load(X + offs_r[:, None] * D + offs_d[None, :], mask=mask_r[:, None] & (offs_d[None, :] < end),
@@ -53,7 +53,7 @@ def _prefix_norms(X, DIMS, OUT, R, D, L, BLOCK_R: tl.constexpr, BLOCK_D: tl.cons
 @triton.jit
 def _ib_grad_tile(Q, K, QN, KN, LABELS, LSE_IB, OUT, B, N, D, level, end, row0, rows, col0, cols, inv_temp,
                   TRANS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                  IEEE: tl.constexpr):
+                  DIMS_DIV: tl.constexpr, IEEE: tl.constexpr):
     """One tile of one level's in-batch logit gradient, queries [row0, row0 + rows) x keys [col0, col0 + cols).
 
     TRANS False: OUT[i - row0, j - col0] = (p_ij - y_ij) b_j / tau   (query side; [rows, cols])
@@ -66,6 +66,7 @@ def _ib_grad_tile(Q, K, QN, KN, LABELS, LSE_IB, OUT, B, N, D, level, end, row0, 
     mask_m = offs_m < row0 + rows
     mask_n = offs_n < col0 + cols
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    end = tl.multiple_of(end, DIMS_DIV)
     for d0 in range(0, end, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         mask_d = offs_d < end
@@ -93,12 +94,12 @@ def _ib_grad_tile(Q, K, QN, KN, LABELS, LSE_IB, OUT, B, N, D, level, end, row0, 
     tl.store(ptrs, grad.to(OUT.dtype.element_ty), mask=valid)
 
 
-def prefix_norms(x: torch.Tensor, dims_t: torch.Tensor) -> torch.Tensor:
+def prefix_norms(x: torch.Tensor, dims_t: torch.Tensor, dims_div: int) -> torch.Tensor:
     """[levels, rows] fp32: each row's norm over each MRL prefix."""
     rows, dim = x.shape
     out = torch.empty((dims_t.shape[0], rows), dtype=torch.float32, device=x.device)
     _prefix_norms[(triton.cdiv(rows, 64),)](x, dims_t, out, rows, dim, dims_t.shape[0], BLOCK_R=64,
-                                            BLOCK_D=64 if dim > 32 else 32)
+                                            BLOCK_D=64 if dim > 32 else 32, DIMS_DIV=dims_div)
     return out
 
 
@@ -118,16 +119,17 @@ def _gradient_factor(norms: torch.Tensor) -> torch.Tensor:
 
 
 def _launch_tiles(q, keys, q_norms, k_norms, labels, lse_ib, out, level, end, row0, rows, col0, cols, inv_temp,
-                  trans: bool) -> None:
+                  trans: bool, dims_div: int) -> None:
     grid = (triton.cdiv(rows, GRAD_BLOCKS["BLOCK_M"]), triton.cdiv(cols, GRAD_BLOCKS["BLOCK_N"]))
     grid = grid[::-1] if trans else grid
     _ib_grad_tile[grid](q, keys, q_norms, k_norms, labels, lse_ib, out, q.shape[0], keys.shape[0], q.shape[1],
                         level, end, row0, rows, col0, cols, inv_temp, TRANS=trans, BLOCK_D=grad_block_d(q.dtype),
+                        DIMS_DIV=dims_div,
                         IEEE=q.dtype == torch.float32, num_warps=GRAD_WARPS, num_stages=GRAD_STAGES, **GRAD_BLOCKS)
 
 
 def query_chunks(q, keys, labels, dims: Sequence[int], weights: Sequence[float], lse_ib, q_norms, k_norms,
-                 inv_temp: float, inv_b: float) -> Iterator[tuple[int, int, torch.Tensor]]:
+                 inv_temp: float, inv_b: float, dims_div: int) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Yield (first row, rows, fp32 [rows, d] in-batch gradient of those queries, before the incoming grad)."""
     batch, dim = q.shape
     n_keys = keys.shape[0]
@@ -141,14 +143,14 @@ def query_chunks(q, keys, labels, dims: Sequence[int], weights: Sequence[float],
         acc.zero_()
         for level, (end, weight) in enumerate(zip(dims, weights, strict=True)):
             _launch_tiles(q, keys, q_norms, k_norms, labels, lse_ib, grad_tiles, level, end, row0, rows, 0, n_keys,
-                          inv_temp, trans=False)
+                          inv_temp, trans=False, dims_div=dims_div)
             part = torch.mm(grad_tiles, keys[:, :end]).float()
             acc[:, :end] += part.mul_((factors[level, row0:row0 + rows] * (weight * inv_b))[:, None])
         yield row0, rows, acc
 
 
 def key_grads(q, keys, labels, dims: Sequence[int], weights: Sequence[float], lse_ib, q_norms, k_norms,
-              inv_temp: float, inv_b: float, grad_out: torch.Tensor) -> torch.Tensor:
+              inv_temp: float, inv_b: float, dims_div: int, grad_out: torch.Tensor) -> torch.Tensor:
     """dL/dkeys, chunk by chunk of keys; the key-normalisation term comes from the GEMM result itself."""
     batch, dim = q.shape
     n_keys = keys.shape[0]
@@ -163,7 +165,7 @@ def key_grads(q, keys, labels, dims: Sequence[int], weights: Sequence[float], ls
         acc.zero_()
         for level, (end, weight) in enumerate(zip(dims, weights, strict=True)):
             _launch_tiles(q, keys, q_norms, k_norms, labels, lse_ib, grad_tiles, level, end, 0, batch, col0, cols,
-                          inv_temp, trans=True)
+                          inv_temp, trans=True, dims_div=dims_div)
             b_g = factors[level, col0:col0 + cols]
             grad_unit = torch.mm(grad_tiles, q[:, :end]).float().mul_((b_g * (weight * inv_b))[:, None])
             k_prefix = keys[col0:col0 + cols, :end].float()

@@ -1,0 +1,216 @@
+"""Compile every Triton kernel of the fused loss for a GPU, without a GPU, exactly as the op launches them.
+
+    python -m f2llm_lib.losses.kernel_check [--arch 90] [--out runs/kernel_check]
+
+1. Record (a subprocess with ``TRITON_INTERPRET=1``): run the op through its public entry point on small CPU
+   inputs, for each strategy, dtype and regime (d = 1024 and 2560, with and without in-batch and hard negatives),
+   and record the arguments of every kernel launch. The interpreter has no bf16, so fp16 launches are recorded
+   and compiled for both fp16 and bf16.
+2. Compile (this process, no interpreter): each distinct launch ahead of time for ``sm_<arch>`` with Triton's own
+   compiler and ptxas (shipped in the triton wheel), then read registers, spills and shared memory with cuobjdump.
+
+Compile errors that the interpreter cannot see (types of loop-carried values, non-constexpr globals, shared
+memory over the chip's limit) show up here on any machine; ``spill_bytes > 0`` flags a tile shape that does
+not fit the register file. Writes ``kernels.csv`` (one row per compiled variant). Exit status 1 if any variant
+fails to compile or needs more shared memory than ``--max-shared`` (an H100 gives a block at most 227 KiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+KERNELS = {"fused": ("_ib_fwd", "_row_fwd", "_bwd_dq", "_bwd_dk"), "fused_scratch": ("_prefix_norms", "_ib_grad_tile")}
+# name: (strategy, dtype, B, extra keys, hard negatives, d, MRL, in-batch): every launch configuration the op uses.
+CASES = {
+    "f2llm-d1024": ("registers", "float16", 16, 16, 7, 1024, True, True),  # F2LLM's regime (0.6B model)
+    "f2llm-d2560": ("registers", "float16", 16, 16, 7, 2560, True, True),  # 4B model
+    "f2llm-fp32": ("registers", "float32", 16, 16, 7, 1024, True, True),
+    "wide-query-block": ("registers", "float16", 33, 0, 0, 1024, False, True),  # 32 < B: BLOCK_M = 64
+    "hard-only": ("registers", "float16", 8, 0, 3, 1024, True, False),  # classification and clustering data
+    "narrow-d": ("registers", "float16", 3, 0, 0, 24, False, True),  # d <= 32: the narrow feature block
+    "scratch-everything": ("scratch", "float16", 16, 16, 7, 1024, True, True),  # large-batch path, all switched on
+    "large": ("scratch", "float16", 16, 16, 0, 1024, False, True),  # ... as benchmarked (in-batch, one level)
+    "large-fp32": ("scratch", "float32", 16, 16, 0, 1024, False, True),
+}
+
+
+def _describe(value) -> object:
+    """A launch argument as Triton's JIT sees it: its type and specialisation (16-divisible ints and 16-byte
+    aligned pointers get tt.divisibility, which decides vectorisation and software pipelining; 1 is a constant)."""
+    import torch
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+
+    if isinstance(value, torch.Tensor):
+        kind, spec = native_specialize_impl(BaseBackend, value, False, True, True)
+        return {"type": kind, "aligned": spec == "D"}
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        kind, spec = native_specialize_impl(BaseBackend, value, False, True, True)
+        return {"type": kind, "aligned": spec == "D", "value": value}
+    raise TypeError(f"unexpected kernel argument {value!r}")
+
+
+def record() -> list[dict]:
+    """Run the op on every case under the interpreter; return each launch's kernel, arguments and options."""
+    import torch
+
+    from . import fused, fused_scratch
+    from .api import contrastive_loss
+
+    launches: list[dict] = []
+    current = {"case": ""}
+
+    class Recorder:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append({"kernel": self.name, "case": current["case"], "args": [_describe(a) for a in args],
+                                 "kwargs": {k: _describe(v) for k, v in kwargs.items()}})
+                return self.kernel[grid](*args, **kwargs)
+
+            return launch
+
+    for module_name, names in KERNELS.items():
+        module = fused if module_name == "fused" else fused_scratch
+        for name in names:
+            setattr(module, name, Recorder(name, getattr(module, name)))
+    for case, (strategy, dtype, batch, extra, k_hard, dim, mrl, in_batch) in CASES.items():
+        current["case"] = case
+        gen = torch.Generator().manual_seed(0)
+
+        def make(*shape, gen=gen, dtype=dtype):
+            return torch.randn(*shape, generator=gen).to(getattr(torch, dtype)).requires_grad_()
+
+        q, p = make(batch, dim), make(batch, dim)
+        negatives = make(batch, k_hard, dim) if k_hard else None
+        shared = make(extra, dim) if extra else None
+        with fused.forced_strategy(strategy):
+            loss = contrastive_loss(q, p, negatives, shared_negatives=shared, in_batch=in_batch, impl="triton",
+                                    mrl_dims="f2llm_v2" if mrl else None)
+            loss.backward()
+    return launches
+
+
+def _signature(fn, launch: dict, half: str) -> tuple[dict, dict, dict, dict]:
+    """Triton's (signature, constexprs, attrs, options) for one recorded launch, fp16 pointers retyped to half."""
+    names = fn.arg_names
+    values = dict(zip(names, launch["args"], strict=False))
+    options = {}
+    for key, value in launch["kwargs"].items():
+        if key in names:
+            values[key] = value
+        else:
+            options[key] = value["value"] if isinstance(value, dict) else value  # num_warps, num_stages
+    signature, constexprs, attrs = {}, {}, {}
+    for index, param in enumerate(fn.params):
+        value = values[param.name] if param.name in values else param.default
+        if param.is_constexpr or not isinstance(value, dict) or value["type"] == "constexpr":
+            signature[param.name] = "constexpr"
+            constexprs[param.name] = value["value"] if isinstance(value, dict) else value
+            continue
+        signature[param.name] = value["type"].replace("fp16", half)
+        if value["aligned"]:
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    return signature, constexprs, attrs, options
+
+
+def _resources(cubin: bytes) -> dict:
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        text = subprocess.run([str(tool), "--dump-resource-usage", str(path)], capture_output=True, text=True,
+                              check=True).stdout
+    usage = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text))
+    return {"registers": int(usage.get("REG", 0)), "spill_bytes": int(usage.get("LOCAL", 0)),
+            "static_shared": int(usage.get("SHARED", 0))}
+
+
+def compile_all(launches: list[dict], arch: int, halves: Sequence[str] = ("fp16", "bf16")) -> list[dict]:
+    """Compile each distinct launch for sm_<arch>; one row per (kernel, constexprs, options, dtype)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from . import fused, fused_scratch
+
+    target = GPUTarget("cuda", arch, 32)
+    rows, seen = [], {}
+    for launch in launches:
+        module = fused if launch["kernel"] in KERNELS["fused"] else fused_scratch
+        fn = getattr(module, launch["kernel"])
+        has_half = any(isinstance(a, dict) and a["type"] == "*fp16" for a in launch["args"])
+        for half in (halves if has_half else ("fp32",)):
+            signature, constexprs, attrs, options = _signature(fn, launch, half)
+            key = json.dumps([launch["kernel"], signature, constexprs, sorted(attrs), options], sort_keys=True)
+            if key in seen:  # the same compiled variant serves several cases
+                seen[key]["cases"] = " ".join(sorted(set(seen[key]["cases"].split()) | {launch["case"]}))
+                continue
+            row = seen[key] = {"kernel": launch["kernel"], "cases": launch["case"], "dtype": half,
+                               "arch": f"sm_{arch}", "constexprs": json.dumps(constexprs, sort_keys=True),
+                               "options": json.dumps(options)}
+            try:
+                src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+                compiled = triton.compile(src, target=target, options=options)
+                row.update(_resources(compiled.asm["cubin"]), shared=compiled.metadata.shared,
+                           num_warps=compiled.metadata.num_warps, num_stages=compiled.metadata.num_stages)
+            except Exception as exc:  # report every failing variant, not only the first
+                row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
+            rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
+    parser.add_argument("--out", type=Path, default=Path("runs/kernel_check"))
+    parser.add_argument("--max-shared", type=int, default=227 * 1024, help="shared memory per block, bytes")
+    parser.add_argument("--half", default="fp16,bf16", help="16-bit dtypes to compile the fp16 launches for")
+    parser.add_argument("--record", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.record:
+        print(json.dumps(record()))
+        return 0
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, "-m", "f2llm_lib.losses.kernel_check", "--record"], capture_output=True,
+                         text=True, env=env, check=False)
+    if out.returncode != 0:
+        print(out.stderr, file=sys.stderr)
+        return 1
+    os.environ.pop("TRITON_INTERPRET", None)
+    rows = compile_all(json.loads(out.stdout.strip().splitlines()[-1]), args.arch, args.half.split(","))
+    fields = ["kernel", "cases", "dtype", "arch", "registers", "spill_bytes", "shared", "static_shared", "num_warps",
+              "num_stages", "constexprs", "options", "error"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    tmp = args.out / "kernels.csv.tmp"
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(args.out / "kernels.csv")
+    bad = [r for r in rows if "error" in r or r.get("shared", 0) > args.max_shared]
+    for row in rows:
+        status = row.get("error") or (f"{row['registers']} regs, {row['spill_bytes']} B spilled, "
+                                      f"{row['shared']} B shared")
+        print(f"{row['kernel']:14s} {row['dtype']:9s} {row['constexprs'][:70]:70s} {status}")
+    print(f"{len(rows)} variants compiled for sm_{args.arch}, {len(bad)} failed; wrote {args.out / 'kernels.csv'}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
