@@ -1,6 +1,8 @@
 """Compile every Triton kernel of the fused loss for a GPU, without a GPU, exactly as the op launches them.
 
     python -m f2llm_lib.losses.kernel_check [--arch 90] [--out runs/kernel_check]
+    TRITON_INTERPRET=1 python -m f2llm_lib.losses.kernel_check --record > launches.json   # then, with another
+    PYTHONPATH=<other triton> python -m f2llm_lib.losses.kernel_check --launches launches.json   # Triton version
 
 1. Record (a subprocess with ``TRITON_INTERPRET=1``): run the op through its public entry point on small CPU
    inputs, for each strategy, dtype and regime (d = 1024 and 2560, with and without in-batch and hard negatives),
@@ -162,7 +164,8 @@ def compile_all(launches: list[dict], arch: int, halves: Sequence[str] = ("fp16"
                 seen[key]["cases"] = " ".join(sorted(set(seen[key]["cases"].split()) | {launch["case"]}))
                 continue
             row = seen[key] = {"kernel": launch["kernel"], "cases": launch["case"], "dtype": half,
-                               "arch": f"sm_{arch}", "constexprs": json.dumps(constexprs, sort_keys=True),
+                               "arch": f"sm_{arch}", "triton": triton.__version__,
+                               "constexprs": json.dumps(constexprs, sort_keys=True),
                                "options": json.dumps(options)}
             try:
                 src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
@@ -181,21 +184,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/kernel_check"))
     parser.add_argument("--max-shared", type=int, default=227 * 1024, help="shared memory per block, bytes")
     parser.add_argument("--half", default="fp16,bf16", help="16-bit dtypes to compile the fp16 launches for")
-    parser.add_argument("--record", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--record", action="store_true", help="only record the launches: JSON on stdout")
+    parser.add_argument("--launches", type=Path, help="compile launches recorded earlier (--record) instead, e.g.\n"
+                        "with another Triton on PYTHONPATH: the one a GPU machine runs")
     args = parser.parse_args(argv)
     if args.record:
         print(json.dumps(record()))
         return 0
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    out = subprocess.run([sys.executable, "-m", "f2llm_lib.losses.kernel_check", "--record"], capture_output=True,
-                         text=True, env=env, check=False)
-    if out.returncode != 0:
-        print(out.stderr, file=sys.stderr)
-        return 1
+    if args.launches:
+        recorded = args.launches.read_text()
+    else:
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        out = subprocess.run([sys.executable, "-m", "f2llm_lib.losses.kernel_check", "--record"],
+                             capture_output=True, text=True, env=env, check=False)
+        if out.returncode != 0:
+            print(out.stderr, file=sys.stderr)
+            return 1
+        recorded = out.stdout
     os.environ.pop("TRITON_INTERPRET", None)
-    rows = compile_all(json.loads(out.stdout.strip().splitlines()[-1]), args.arch, args.half.split(","))
-    fields = ["kernel", "cases", "dtype", "arch", "registers", "spill_bytes", "shared", "static_shared", "num_warps",
-              "num_stages", "constexprs", "options", "error"]
+    rows = compile_all(json.loads(recorded.strip().splitlines()[-1]), args.arch, args.half.split(","))
+    fields = ["kernel", "cases", "dtype", "arch", "triton", "registers", "spill_bytes", "shared", "static_shared",
+              "num_warps", "num_stages", "constexprs", "options", "error"]
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = args.out / "kernels.csv.tmp"
     with tmp.open("w", newline="") as handle:
@@ -208,7 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         status = row.get("error") or (f"{row['registers']} regs, {row['spill_bytes']} B spilled, "
                                       f"{row['shared']} B shared")
         print(f"{row['kernel']:14s} {row['dtype']:9s} {row['constexprs'][:70]:70s} {status}")
-    print(f"{len(rows)} variants compiled for sm_{args.arch}, {len(bad)} failed; wrote {args.out / 'kernels.csv'}")
+    import triton
+
+    print(f"{len(rows)} variants compiled for sm_{args.arch} with Triton {triton.__version__}, {len(bad)} failed; "
+          f"wrote {args.out / 'kernels.csv'}")
     return 1 if bad else 0
 
 
