@@ -15,7 +15,7 @@ export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 } > "$out/environment.txt" 2>&1
 cat "$out/environment.txt"
 status=0
-timeout 150 $py -m pytest -q -p no:cacheprovider tests/test_loss_gpu.py 2>&1 | tee "$out/gpu_tests.log" || status=1
-timeout 330 $py -m f2llm_lib.losses.benchmark --device cuda --out "$out" 2>&1 | tee "$out/benchmark.log" || status=1
+timeout 170 $py -m pytest -q -p no:cacheprovider tests/test_loss_gpu.py 2>&1 | tee "$out/gpu_tests.log" || status=1
+timeout 290 $py -m f2llm_lib.losses.benchmark --device cuda --out "$out" 2>&1 | tee "$out/benchmark.log" || status=1
 echo "gpu_check finished with status $status; results in $out"
 exit $status
