@@ -7,9 +7,10 @@ Regimes (see ../shared/F2LLM_FACTS.md, section 7):
 - ``f2llm``: 16 local queries, 512 gathered keys, 7 hard negatives per query, d in {1024, 2560}, all MRL levels;
 - ``large``: B queries against B keys (in-batch only, one level), d = 1024, B in {8192, 16384} (+65536 on GPU).
 One forward + backward is timed; kernel launches are those of the loss's forward and backward (the seed
-gradient of ``backward()`` is made once beforehand, as a training step makes it once for its summed loss). CPU peak memory is measured in a fresh subprocess per case (peak RSS above the
-RSS after the inputs exist, with glibc's mmap threshold fixed at 1 MiB so that freed blocks leave RSS); GPU peak
-memory is ``max_memory_allocated`` above the inputs. ``workspace_mb`` = peak minus the gradients returned (which
+gradient of ``backward()`` is made once beforehand, as a training step makes it once for its summed loss).
+CPU peak memory is measured in a fresh subprocess per case (peak RSS above the RSS after the inputs exist, with
+glibc's mmap threshold fixed at 1 MiB so that freed blocks leave RSS); GPU peak memory is
+``max_memory_allocated`` above the inputs. ``workspace_mb`` = peak minus the gradients returned (which
 every implementation must hold): the "extra memory" of the fused op's large-batch target.
 On a GPU the large regime also runs ``triton-registers`` (the fused op with its small-batch backward forced),
 the baseline for its large-batch path in the same run.
