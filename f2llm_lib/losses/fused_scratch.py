@@ -128,19 +128,24 @@ def _launch_tiles(q, keys, q_norms, k_norms, labels, lse_ib, out, level, end, ro
                         IEEE=q.dtype == torch.float32, num_warps=GRAD_WARPS, num_stages=GRAD_STAGES, **GRAD_BLOCKS)
 
 
+def _chunks(total: int, other: int, like: torch.Tensor, block: int):
+    """Walk ``total`` rows in chunks that keep a [chunk, other] scratch at SCRATCH_BYTES: yield (first, count,
+    that chunk's [count, other] scratch in the input dtype, its zeroed fp32 [count, d] accumulator). The two
+    buffers are allocated once and reused by every chunk."""
+    step = chunk_size(other, like.element_size(), block)
+    scratch = torch.empty(min(step, total) * other, dtype=like.dtype, device=like.device)
+    extra = torch.empty((min(step, total), like.shape[1]), dtype=torch.float32, device=like.device)
+    for first in range(0, total, step):
+        count = min(step, total - first)
+        yield first, count, scratch[: count * other].view(count, other), extra[:count].zero_()
+
+
 def query_chunks(q, keys, labels, dims: Sequence[int], weights: Sequence[float], lse_ib, q_norms, k_norms,
                  inv_temp: float, inv_b: float, dims_div: int) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Yield (first row, rows, fp32 [rows, d] in-batch gradient of those queries, before the incoming grad)."""
-    batch, dim = q.shape
-    n_keys = keys.shape[0]
-    step = chunk_size(n_keys, q.element_size(), GRAD_BLOCKS["BLOCK_M"])
-    scratch = torch.empty(min(step, batch) * n_keys, dtype=q.dtype, device=q.device)
-    extra = torch.empty((min(step, batch), dim), dtype=torch.float32, device=q.device)
+    batch, n_keys = q.shape[0], keys.shape[0]
     factors = _gradient_factor(q_norms)
-    for row0 in range(0, batch, step):
-        rows = min(step, batch - row0)
-        grad_tiles, acc = scratch[: rows * n_keys].view(rows, n_keys), extra[:rows]
-        acc.zero_()
+    for row0, rows, grad_tiles, acc in _chunks(batch, n_keys, q, GRAD_BLOCKS["BLOCK_M"]):
         for level, (end, weight) in enumerate(zip(dims, weights, strict=True)):
             _launch_tiles(q, keys, q_norms, k_norms, labels, lse_ib, grad_tiles, level, end, row0, rows, 0, n_keys,
                           inv_temp, trans=False, dims_div=dims_div)
@@ -152,17 +157,10 @@ def query_chunks(q, keys, labels, dims: Sequence[int], weights: Sequence[float],
 def key_grads(q, keys, labels, dims: Sequence[int], weights: Sequence[float], lse_ib, q_norms, k_norms,
               inv_temp: float, inv_b: float, dims_div: int, grad_out: torch.Tensor) -> torch.Tensor:
     """dL/dkeys, chunk by chunk of keys; the key-normalisation term comes from the GEMM result itself."""
-    batch, dim = q.shape
-    n_keys = keys.shape[0]
-    step = chunk_size(batch, q.element_size(), GRAD_BLOCKS["BLOCK_N"])
-    scratch = torch.empty(min(step, n_keys) * batch, dtype=q.dtype, device=q.device)
-    extra = torch.empty((min(step, n_keys), dim), dtype=torch.float32, device=q.device)
+    batch, n_keys = q.shape[0], keys.shape[0]
     factors = _gradient_factor(k_norms)
     out = torch.empty_like(keys)
-    for col0 in range(0, n_keys, step):
-        cols = min(step, n_keys - col0)
-        grad_tiles, acc = scratch[: cols * batch].view(cols, batch), extra[:cols]
-        acc.zero_()
+    for col0, cols, grad_tiles, acc in _chunks(n_keys, batch, q, GRAD_BLOCKS["BLOCK_N"]):
         for level, (end, weight) in enumerate(zip(dims, weights, strict=True)):
             _launch_tiles(q, keys, q_norms, k_norms, labels, lse_ib, grad_tiles, level, end, 0, batch, col0, cols,
                           inv_temp, trans=True, dims_div=dims_div)
