@@ -9,26 +9,17 @@ wheel): no GPU needed.
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from f2llm_lib.losses import fused_scratch
+from f2llm_lib.losses.kernel_check import compile_report
 
 
 @pytest.fixture(scope="module")
 def kernels(tmp_path_factory):
-    out = tmp_path_factory.mktemp("kernel_check")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # a real compile, not the interpreter
-    run = subprocess.run([sys.executable, "-m", "f2llm_lib.losses.kernel_check", "--out", str(out), "--half", "bf16"],
-                         capture_output=True, text=True, env=env, check=False)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    with (out / "kernels.csv").open() as handle:
-        return list(csv.DictReader(handle))
+    return compile_report(tmp_path_factory.mktemp("kernel_check"), arch=90, half="bf16")
 
 
 def test_every_kernel_compiles_for_sm90(kernels):

@@ -178,6 +178,19 @@ def compile_all(launches: list[dict], arch: int, halves: Sequence[str] = ("fp16"
     return rows
 
 
+def compile_report(out: Path, arch: int = 90, half: str = "bf16") -> list[dict]:
+    """Run this check in a fresh process (no interpreter, whatever this process has imported) and return the
+    rows of its ``kernels.csv``; raises with the check's output if any variant failed. Notebook 02 and the tests
+    call this."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-m", "f2llm_lib.losses.kernel_check", "--out", str(out), "--arch",
+                          str(arch), "--half", half], capture_output=True, text=True, env=env, check=False)
+    if run.returncode != 0:
+        raise RuntimeError(f"kernel_check failed:\n{run.stdout[-3000:]}{run.stderr[-3000:]}")
+    with (Path(out) / "kernels.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
