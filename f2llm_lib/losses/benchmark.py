@@ -6,7 +6,7 @@
 Regimes (see ../shared/F2LLM_FACTS.md, section 7):
 - ``f2llm``: 16 local queries, 512 gathered keys, 7 hard negatives per query, d in {1024, 2560}, all MRL levels;
 - ``large``: B queries against B keys (in-batch only, one level), d = 1024, B in {8192, 16384} (+65536 on GPU).
-One forward + backward is timed; kernel launches are those of the loss's forward and backward (the seed
+One forward + backward is timed; GPU kernel launches are those of the loss's forward and backward (the seed
 gradient of ``backward()`` is made once beforehand, as a training step makes it once for its summed loss).
 CPU peak memory is measured in a fresh subprocess per case (peak RSS above the RSS after the inputs exist, with
 glibc's mmap threshold fixed at 1 MiB so that freed blocks leave RSS); GPU peak memory is
@@ -94,8 +94,10 @@ def measure(impl: str, regime: str, batch: int, dim: int, device: str, dtype: to
     (q, p, k), n, labels, dims, weights = _case_inputs(regime, batch, dim, device, dtype)
     step = _step_fn(impl, regime)
 
-    # The seed gradient of backward() is made once, outside the timed calls: in training it belongs to the whole
-    # step's summed loss, not to this loss, so neither its fill kernel nor its time is counted for any impl.
+    # On a GPU the seed gradient of backward() is made once, outside the measured calls: in training it belongs
+    # to the whole step's summed loss, not to this loss, so its fill kernel is not counted for any impl. On the
+    # CPU plain backward(): an explicit seed there adds ~33 MB of RSS outside any tensor (the same for every
+    # impl, seen in peak RSS only), which would blur the memory comparison.
     seeds: dict[torch.dtype, torch.Tensor] = {}  # made by the first (warm-up) call, in the loss's own dtype
 
     def run():
@@ -103,6 +105,9 @@ def measure(impl: str, regime: str, batch: int, dim: int, device: str, dtype: to
             if t is not None:
                 t.grad = None
         loss = step(q, p, n, k, labels, dims, weights)
+        if device != "cuda":
+            loss.backward()
+            return
         if loss.dtype not in seeds:
             seeds[loss.dtype] = torch.ones((), device=device, dtype=loss.dtype)
         loss.backward(seeds[loss.dtype])
