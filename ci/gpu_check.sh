@@ -21,6 +21,6 @@ fi
 cat "$out/environment.txt"
 status=0
 timeout 170 $py -m pytest -q -p no:cacheprovider tests/test_loss_gpu.py 2>&1 | tee "$out/gpu_tests.log" || status=1
-timeout 290 $py -m f2llm_lib.losses.benchmark --device cuda --out "$out" 2>&1 | tee "$out/benchmark.log" || status=1
+timeout 290 $py -m f2llm_lib.losses.benchmark --device cuda --scratch-sweep --out "$out" 2>&1 | tee "$out/benchmark.log" || status=1
 echo "gpu_check finished with status $status; results in $out"
 exit $status

@@ -34,9 +34,14 @@ def test_large_batch_loops_are_software_pipelined(kernels):
     """In the large-batch path as benchmarked (one level, bf16), the d-loop of the forward and of the gradient
     tiles keeps more than one stage of tiles in shared memory: loads overlap the tensor-core work (with a single
     stage they do not: that was the registers path's state before the loads could vectorise)."""
-    large = [row for row in kernels if "large" in row["cases"].split() and row["dtype"] == "bf16"
+    def benchmarked(row):  # the large case, with the default tiles or one of the GPU benchmark's sweep
+        return any(case == "large" or case.startswith("large@") for case in row["cases"].split())
+
+    large = [row for row in kernels if benchmarked(row) and row["dtype"] == "bf16"
              and row["kernel"] in ("_ib_fwd", "_ib_grad_tile")]
     assert {row["kernel"] for row in large} == {"_ib_fwd", "_ib_grad_tile"}
+    swept = {case for row in large for case in row["cases"].split() if case.startswith("large@")}
+    assert swept == {f"large@{tiles}" for tiles in fused_scratch.SWEEP_TILES}
     for row in large:
         constexprs = json.loads(row["constexprs"])
         one_stage = (constexprs["BLOCK_M"] + constexprs["BLOCK_N"]) * constexprs["BLOCK_D"] * 2

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import TOLERANCES, assert_verbose_allclose
 
-from f2llm_lib.losses import contrastive_loss, fused, mrl_levels, mrl_weights
+from f2llm_lib.losses import contrastive_loss, fused, fused_scratch, mrl_levels, mrl_weights
 from f2llm_lib.losses.chunked import chunked_loss
 from f2llm_lib.losses.fused import fused_loss
 from f2llm_lib.losses.reference import reference_loss
@@ -185,3 +185,30 @@ def test_auto_strategy_switches_at_the_documented_size():
         fused_loss(q, p, None, p, torch.arange(4), [16], [1.0], 0.05, strategy="fast")
     with pytest.raises(ValueError, match="strategy must be one of"), fused.forced_strategy("auto"):
         pass
+
+
+def test_scratch_tile_shape_changes_nothing_but_speed(monkeypatch):
+    """Another tile shape (the GPU benchmark's sweep) gives the same loss and gradients; the backward keeps the
+    shape its forward ran with even when the block has ended. 40 x 50 pairs: several tiles of 16 x 32."""
+    launched = []
+    launch = fused_scratch._launch_tiles
+    monkeypatch.setattr(fused_scratch, "_launch_tiles", lambda *a, **k: launched.append(k["tiles"]) or launch(*a, **k))
+    tensors = _inputs(40, 24, 0, 10, seed=7)
+    truth, truth_grads = _loss_and_grads("reference", tensors, torch.float64, True, True)
+    leaves = [t.float().requires_grad_() if t is not None else None for t in tensors]
+    with fused.forced_strategy("scratch", scratch_bytes=1), fused_scratch.tile_config("16x32w4s2"):
+        loss = contrastive_loss(leaves[0], leaves[1], shared_negatives=leaves[3], mrl_dims="f2llm_v2",
+                                impl="triton")
+    loss.backward()  # outside the block: the forward's tiles still apply
+    assert launched and all(t == ({"BLOCK_M": 16, "BLOCK_N": 32}, 4, 2) for t in launched), launched[:3]
+    atol, rtol = TOLERANCES[torch.float32]
+    assert_verbose_allclose(loss, truth, atol, rtol, name="loss")
+    for index, (grad, expected) in enumerate(zip([leaves[0].grad, leaves[1].grad, leaves[3].grad], truth_grads,
+                                                 strict=True)):
+        assert_verbose_allclose(grad, expected, atol, rtol, name=f"grad of input {index}")
+
+
+@pytest.mark.parametrize("spec", ["128x64", "12x64w4s3", "128x64w3s3", "128x64w4s0"])
+def test_bad_tile_spec_is_explained(spec):
+    with pytest.raises(ValueError, match="tile spec"):
+        fused_scratch.parse_tiles(spec)

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -66,10 +67,18 @@ def _step_fn(impl: str, regime: str):
         return lambda q, p, n, k, y, d, w: chunked_loss(q, p, n, k, y, d, w, TEMPERATURE, auto_chunk_size(len(q)))
     if impl.startswith("triton"):
         from .fused import fused_loss
+        from .fused_scratch import tile_config
 
-        # "triton": the op's own choice; "triton-registers": its small-batch backward forced (in-run baseline)
-        strategy = impl.partition("-")[2] or "auto"
-        return lambda q, p, n, k, y, d, w: fused_loss(q, p, n, k, y, d, w, TEMPERATURE, strategy=strategy)
+        # "triton": the op's own choice; "triton-registers": its small-batch backward forced (in-run baseline);
+        # "triton-scratch@128x64w4s4": the large-batch path with another tile shape (--scratch-tiles)
+        name, _, tiles = impl.partition("@")
+        strategy = name.partition("-")[2] or "auto"
+
+        def step(q, p, n, k, y, d, w):
+            with tile_config(tiles) if tiles else nullcontext():
+                return fused_loss(q, p, n, k, y, d, w, TEMPERATURE, strategy=strategy)
+
+        return step
     if impl == "inf-cl":
         if regime != "large":
             raise ValueError("inf-cl has no hard negatives or MRL: large regime only")
@@ -171,12 +180,12 @@ def _cases(device: str, quick: bool) -> list[tuple[str, int, int]]:
     return cases + [("large", size, 1024) for size in sizes]
 
 
-def _impls(device: str, regime: str, batch: int) -> list[str]:
+def _impls(device: str, regime: str, batch: int, scratch_tiles: Sequence[str] = ()) -> list[str]:
     impls = ["reference", "compiled", "chunked"]
     if device == "cuda":
         impls.append("triton")
-        if regime == "large":
-            impls += ["triton-registers", "inf-cl"]
+        if regime == "large":  # the sweep last: a run cut short still has the main figures
+            impls += ["triton-registers", "inf-cl"] + [f"triton-scratch@{tiles}" for tiles in scratch_tiles]
         if regime == "large" and batch >= 65536:
             impls = [i for i in impls if i not in ("reference", "compiled")]  # 16 GiB per logits copy
     return impls
@@ -260,8 +269,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small large-regime size, for tests")
     parser.add_argument("--regime", choices=["f2llm", "large"], help="run only this regime")
     parser.add_argument("--sizes", type=int, nargs="*", help="large-regime B = N values (default: 8192 16384 ...)")
+    parser.add_argument("--scratch-tiles", nargs="*", default=[], metavar="MxNwWsS",
+                        help="GPU, largest large-regime size: also time the scratch path with these tile shapes "
+                        "(e.g. 128x64w4s4)")
+    parser.add_argument("--scratch-sweep", action="store_true", help="--scratch-tiles fused_scratch.SWEEP_TILES")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.scratch_sweep:
+        from .fused_scratch import SWEEP_TILES  # imports triton: only when asked
+
+        args.scratch_tiles += list(SWEEP_TILES)
+    for spec in args.scratch_tiles:
+        from .fused_scratch import parse_tiles
+
+        try:
+            parse_tiles(spec)
+        except ValueError as exc:
+            parser.error(f"--scratch-tiles: {exc}")
     if args.worker:
         impl, regime, batch, dim, device, dtype, reps = json.loads(args.worker)
         print(json.dumps(measure(impl, regime, batch, dim, device, getattr(torch, dtype), reps)))
@@ -272,8 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.sizes:
         cases = [c for c in cases if c[0] == "f2llm"] + [("large", size, 1024) for size in args.sizes]
     cases = [c for c in cases if args.regime in (None, c[0])]
+    largest = max((batch for regime, batch, _ in cases if regime == "large"), default=0)
     for regime, batch, dim in cases:
-        for impl in _impls(args.device, regime, batch):
+        # the tile sweep at the largest size only, where it matters, after that size's main rows
+        for impl in _impls(args.device, regime, batch, args.scratch_tiles if batch == largest else ()):
             if args.device == "cpu":
                 row = _run_case_isolated(impl, regime, batch, dim, args.device, dtype, args.reps)
             else:

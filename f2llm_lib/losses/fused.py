@@ -435,10 +435,10 @@ class _FusedContrastive(torch.autograd.Function):
         norms = (torch.empty(1, device=device),) * 2  # dummies unless the scratch path reads prefix norms
         if scratch:
             norms = tuple(fused_scratch.prefix_norms(x, dims_t, dims_div) for x in (q, keys))
-        fwd_blocks = {**fused_scratch.GRAD_BLOCKS, "BLOCK_N": 64, "BLOCK_D": fused_scratch.grad_block_d(q.dtype)} \
+        tiles = fused_scratch.current_tiles()  # the backward uses the tile shape of its forward
+        fwd_blocks = {"BLOCK_M": tiles[0]["BLOCK_M"], "BLOCK_N": 64, "BLOCK_D": fused_scratch.grad_block_d(q.dtype)} \
             if scratch else blocks
-        fwd_launch = {"num_warps": fused_scratch.GRAD_WARPS, "num_stages": fused_scratch.GRAD_STAGES} \
-            if scratch else {}
+        fwd_launch = {"num_warps": tiles[1], "num_stages": tiles[2]} if scratch else {}
         n_splits = _key_splits(batch, n_keys, fwd_blocks) if has_ib else 1  # statistics per row: one per split
         stats = torch.empty((3, n_splits, n_levels, batch), dtype=torch.float32, device=device)
         if has_ib:
@@ -455,13 +455,14 @@ class _FusedContrastive(torch.autograd.Function):
                            HAS_IB=has_ib, HAS_HARD=has_hard, KP=kp, BLOCK_D=blocks["BLOCK_D"], DIMS_DIV=dims_div)
         ctx.save_for_backward(q, pos, neg, keys, labels, dims_t, weights_t, lse_ib, coefs, beta, *norms)
         ctx.meta = (has_ib, has_hard, n_keys, k_hard, kp, inv_temp, inv_b, blocks, ieee, scratch, tuple(dims),
-                    tuple(weights), dims_div)
+                    tuple(weights), dims_div, tiles)
         return loss[0]
 
     @staticmethod
     def backward(ctx, grad_out):
         q, pos, neg, keys, labels, dims_t, weights_t, lse_ib, coefs, beta, q_norms, k_norms = ctx.saved_tensors
-        has_ib, has_hard, n_keys, k_hard, kp, inv_temp, inv_b, blocks, ieee, scratch, dims, weights, dims_div = ctx.meta
+        (has_ib, has_hard, n_keys, k_hard, kp, inv_temp, inv_b, blocks, ieee, scratch, dims, weights, dims_div,
+         tiles) = ctx.meta
         batch, dim = q.shape
         n_levels = dims_t.shape[0]
         grad_out = grad_out.reshape(1).to(torch.float32)
@@ -481,7 +482,7 @@ class _FusedContrastive(torch.autograd.Function):
 
         out_k = None
         if scratch:
-            args = (q, keys, labels, dims, weights, lse_ib, q_norms, k_norms, inv_temp, inv_b, dims_div)
+            args = (q, keys, labels, dims, weights, lse_ib, q_norms, k_norms, inv_temp, inv_b, dims_div, tiles)
             for row0, rows, extra in fused_scratch.query_chunks(*args):
                 dq_kernel(row0, rows, extra)
             out_k = fused_scratch.key_grads(*args, grad_out)

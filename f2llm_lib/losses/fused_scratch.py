@@ -18,7 +18,9 @@ the extra memory is that scratch, one [R, d] fp32 accumulator and the per-row st
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import triton
@@ -27,9 +29,43 @@ import triton.language as tl
 from .fused_common import EPS, dot
 
 SCRATCH_BYTES = 32 * 2**20
-# Tile shape of the GEMM-like kernels of this path (a standard Hopper GEMM tile; see the benchmark to retune).
+# Tile shape of the GEMM-like kernels of this path (a standard Hopper GEMM tile, untuned; the forward uses BLOCK_M
+# with 64 keys per tile). ``tile_config`` swaps it for a block: the benchmark's --scratch-tiles sweep.
 GRAD_BLOCKS = {"BLOCK_M": 128, "BLOCK_N": 128}
 GRAD_WARPS, GRAD_STAGES = 8, 3
+# Alternatives the GPU benchmark times next to the default (--scratch-sweep); kernel_check compiles each of them.
+SWEEP_TILES = ("128x64w4s4", "64x128w4s4", "128x128w8s4", "64x64w4s4")
+_TILE_SPEC = re.compile(r"^(\d+)x(\d+)w(\d+)s(\d+)$")
+
+
+def parse_tiles(spec: str) -> tuple[int, int, int, int]:
+    """'128x64w4s3' -> (BLOCK_M, BLOCK_N, warps, stages)."""
+    match = _TILE_SPEC.match(spec)
+    if not match:
+        raise ValueError(f"tile spec {spec!r}: expected BLOCK_MxBLOCK_NwWARPSsSTAGES, e.g. 128x64w4s3")
+    block_m, block_n, warps, stages = (int(g) for g in match.groups())
+    if any(b & (b - 1) or b < 16 for b in (block_m, block_n)) or warps not in (1, 2, 4, 8, 16) or stages < 1:
+        raise ValueError(f"tile spec {spec!r}: blocks must be powers of 2 >= 16, warps 1-16, stages >= 1")
+    return block_m, block_n, warps, stages
+
+
+@contextmanager
+def tile_config(spec: str) -> Iterator[None]:
+    """Use another tile shape for the scratch path for losses computed inside the block (their backward keeps
+    the shape of their forward), e.g. ``tile_config("128x64w4s4")``."""
+    global GRAD_BLOCKS, GRAD_WARPS, GRAD_STAGES
+    block_m, block_n, warps, stages = parse_tiles(spec)
+    saved = GRAD_BLOCKS, GRAD_WARPS, GRAD_STAGES
+    GRAD_BLOCKS, GRAD_WARPS, GRAD_STAGES = {"BLOCK_M": block_m, "BLOCK_N": block_n}, warps, stages
+    try:
+        yield
+    finally:
+        GRAD_BLOCKS, GRAD_WARPS, GRAD_STAGES = saved
+
+
+def current_tiles() -> tuple[dict[str, int], int, int]:
+    """(blocks, warps, stages) in force now: the forward saves them for its backward."""
+    return dict(GRAD_BLOCKS), GRAD_WARPS, GRAD_STAGES
 
 
 @triton.jit
@@ -119,13 +155,14 @@ def _gradient_factor(norms: torch.Tensor) -> torch.Tensor:
 
 
 def _launch_tiles(q, keys, q_norms, k_norms, labels, lse_ib, out, level, end, row0, rows, col0, cols, inv_temp,
-                  trans: bool, dims_div: int) -> None:
-    grid = (triton.cdiv(rows, GRAD_BLOCKS["BLOCK_M"]), triton.cdiv(cols, GRAD_BLOCKS["BLOCK_N"]))
+                  trans: bool, dims_div: int, tiles: tuple[dict[str, int], int, int]) -> None:
+    blocks, warps, stages = tiles
+    grid = (triton.cdiv(rows, blocks["BLOCK_M"]), triton.cdiv(cols, blocks["BLOCK_N"]))
     grid = grid[::-1] if trans else grid
     _ib_grad_tile[grid](q, keys, q_norms, k_norms, labels, lse_ib, out, q.shape[0], keys.shape[0], q.shape[1],
                         level, end, row0, rows, col0, cols, inv_temp, TRANS=trans, BLOCK_D=grad_block_d(q.dtype),
                         DIMS_DIV=dims_div,
-                        IEEE=q.dtype == torch.float32, num_warps=GRAD_WARPS, num_stages=GRAD_STAGES, **GRAD_BLOCKS)
+                        IEEE=q.dtype == torch.float32, num_warps=warps, num_stages=stages, **blocks)
 
 
 def _chunks(total: int, other: int, like: torch.Tensor, block: int):
@@ -141,29 +178,31 @@ def _chunks(total: int, other: int, like: torch.Tensor, block: int):
 
 
 def query_chunks(q, keys, labels, dims: Sequence[int], weights: Sequence[float], lse_ib, q_norms, k_norms,
-                 inv_temp: float, inv_b: float, dims_div: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+                 inv_temp: float, inv_b: float, dims_div: int,
+                 tiles: tuple[dict[str, int], int, int]) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Yield (first row, rows, fp32 [rows, d] in-batch gradient of those queries, before the incoming grad)."""
     batch, n_keys = q.shape[0], keys.shape[0]
     factors = _gradient_factor(q_norms)
-    for row0, rows, grad_tiles, acc in _chunks(batch, n_keys, q, GRAD_BLOCKS["BLOCK_M"]):
+    for row0, rows, grad_tiles, acc in _chunks(batch, n_keys, q, tiles[0]["BLOCK_M"]):
         for level, (end, weight) in enumerate(zip(dims, weights, strict=True)):
             _launch_tiles(q, keys, q_norms, k_norms, labels, lse_ib, grad_tiles, level, end, row0, rows, 0, n_keys,
-                          inv_temp, trans=False, dims_div=dims_div)
+                          inv_temp, trans=False, dims_div=dims_div, tiles=tiles)
             part = torch.mm(grad_tiles, keys[:, :end]).float()
             acc[:, :end] += part.mul_((factors[level, row0:row0 + rows] * (weight * inv_b))[:, None])
         yield row0, rows, acc
 
 
 def key_grads(q, keys, labels, dims: Sequence[int], weights: Sequence[float], lse_ib, q_norms, k_norms,
-              inv_temp: float, inv_b: float, dims_div: int, grad_out: torch.Tensor) -> torch.Tensor:
+              inv_temp: float, inv_b: float, dims_div: int, tiles: tuple[dict[str, int], int, int],
+              grad_out: torch.Tensor) -> torch.Tensor:
     """dL/dkeys, chunk by chunk of keys; the key-normalisation term comes from the GEMM result itself."""
     batch, n_keys = q.shape[0], keys.shape[0]
     factors = _gradient_factor(k_norms)
     out = torch.empty_like(keys)
-    for col0, cols, grad_tiles, acc in _chunks(n_keys, batch, q, GRAD_BLOCKS["BLOCK_N"]):
+    for col0, cols, grad_tiles, acc in _chunks(n_keys, batch, q, tiles[0]["BLOCK_N"]):
         for level, (end, weight) in enumerate(zip(dims, weights, strict=True)):
             _launch_tiles(q, keys, q_norms, k_norms, labels, lse_ib, grad_tiles, level, end, 0, batch, col0, cols,
-                          inv_temp, trans=True, dims_div=dims_div)
+                          inv_temp, trans=True, dims_div=dims_div, tiles=tiles)
             b_g = factors[level, col0:col0 + cols]
             grad_unit = torch.mm(grad_tiles, q[:, :end]).float().mul_((b_g * (weight * inv_b))[:, None])
             k_prefix = keys[col0:col0 + cols, :end].float()

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 KERNELS = {"fused": ("_ib_fwd", "_row_fwd", "_bwd_dq", "_bwd_dk"), "fused_scratch": ("_prefix_norms", "_ib_grad_tile")}
@@ -89,7 +90,10 @@ def record() -> list[dict]:
         module = fused if module_name == "fused" else fused_scratch
         for name in names:
             setattr(module, name, Recorder(name, getattr(module, name)))
-    for case, (strategy, dtype, batch, extra, k_hard, dim, mrl, in_batch) in CASES.items():
+    runs = [(case, spec, None) for case, spec in CASES.items()]
+    # the tile shapes the GPU benchmark sweeps (--scratch-sweep), on the benchmarked case
+    runs += [(f"large@{tiles}", CASES["large"], tiles) for tiles in fused_scratch.SWEEP_TILES]
+    for case, (strategy, dtype, batch, extra, k_hard, dim, mrl, in_batch), tiles in runs:
         current["case"] = case
         gen = torch.Generator().manual_seed(0)
 
@@ -99,7 +103,7 @@ def record() -> list[dict]:
         q, p = make(batch, dim), make(batch, dim)
         negatives = make(batch, k_hard, dim) if k_hard else None
         shared = make(extra, dim) if extra else None
-        with fused.forced_strategy(strategy):
+        with fused.forced_strategy(strategy), fused_scratch.tile_config(tiles) if tiles else nullcontext():
             loss = contrastive_loss(q, p, negatives, shared_negatives=shared, in_batch=in_batch, impl="triton",
                                     mrl_dims="f2llm_v2" if mrl else None)
             loss.backward()
