@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import pytest
 import torch
 from helpers import TOLERANCES, assert_verbose_allclose
@@ -12,6 +10,7 @@ from f2llm_lib.losses import contrastive_loss, fused, fused_scratch, mrl_levels,
 from f2llm_lib.losses.chunked import chunked_loss
 from f2llm_lib.losses.fused import fused_loss
 from f2llm_lib.losses.reference import reference_loss
+from f2llm_lib.losses.teaching import impl_context
 
 # triton-scratch: the fused op with the large-batch backward (fused_scratch) forced on, its scratch cut to one
 # 128-row tile so that both sides walk several chunks whenever B or N exceeds 128.
@@ -35,17 +34,10 @@ def _inputs(batch, dim, k_hard, n_shared, seed=0, dtype=torch.float64):
             make(n_shared, dim) if n_shared else None)
 
 
-def _strategy(impl):
-    """impl 'triton-scratch': the public 'triton' entry point with the large-batch backward forced on."""
-    if impl == "triton-scratch":
-        return fused.forced_strategy("scratch", scratch_bytes=1)
-    return nullcontext()
-
-
 def _loss_and_grads(impl, tensors, dtype, mrl, in_batch, temperature=0.05, **kwargs):
     leaves = [t.to(dtype).detach().clone().requires_grad_() if t is not None else None for t in tensors]
     q, p, n, s = leaves
-    with _strategy(impl):
+    with impl_context(impl):  # triton-scratch: the large-batch backward forced on, one-tile scratch
         loss = contrastive_loss(q, p, n, shared_negatives=s, in_batch=in_batch, temperature=temperature,
                                 mrl_dims="f2llm_v2" if mrl else None, impl=impl.split("-")[0], **kwargs)
         loss.backward()

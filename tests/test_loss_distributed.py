@@ -11,7 +11,6 @@ autograd history.
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -21,7 +20,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from helpers import TOLERANCES, assert_verbose_allclose
 
-from f2llm_lib.losses import contrastive_loss, fused
+from f2llm_lib.losses import contrastive_loss
+from f2llm_lib.losses.teaching import impl_context
 
 IMPLS = ("reference", "chunked", "triton", "triton-scratch")  # scratch: the fused op's large-batch backward
 B, D, K_HARD, M_SHARED = 3, 24, 2, 2
@@ -61,8 +61,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                       for k, r in (("q", rows), ("p", rows), ("n", rows), ("s", shared_rows))]
             q, p, n, s = leaves
             full = variant == "full"
-            forced = fused.forced_strategy("scratch", 1) if impl == "triton-scratch" else nullcontext()
-            with forced:
+            with impl_context(impl):
                 loss = contrastive_loss(q, p, n, shared_negatives=s if full else None,
                                         mrl_dims="f2llm_v2" if full else None, impl=impl.split("-")[0],
                                         stop_grad_gather=stop_grad, chunk_size=4)

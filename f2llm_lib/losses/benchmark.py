@@ -275,13 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scratch-sweep", action="store_true", help="--scratch-tiles fused_scratch.SWEEP_TILES")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.scratch_sweep:
-        from .fused_scratch import SWEEP_TILES  # imports triton: only when asked
+    if args.scratch_sweep or args.scratch_tiles:
+        from .fused_scratch import SWEEP_TILES, parse_tiles  # imports triton: only when asked
 
-        args.scratch_tiles += list(SWEEP_TILES)
+        args.scratch_tiles += list(SWEEP_TILES) if args.scratch_sweep else []
     for spec in args.scratch_tiles:
-        from .fused_scratch import parse_tiles
-
         try:
             parse_tiles(spec)
         except ValueError as exc:

@@ -46,7 +46,7 @@ import triton
 import triton.language as tl
 
 from . import fused_scratch
-from .fused_common import EPS, dot
+from .fused_common import EPS, dot, load_pair
 
 # Programs the forward grid aims for (a few per SM on an H100); tests lower it to exercise multi-block splits.
 TARGET_PROGRAMS = 512
@@ -83,12 +83,7 @@ def _ib_fwd(Q, K, QN, KN, DIMS, PM, PL, PT, LOSS, B, N, D, L, inv_temp, BLOCKS_P
         for level in range(L):
             end = tl.multiple_of(tl.load(DIMS + level), DIMS_DIV)  # lets the loads vectorise
             for d0 in range(start, end, BLOCK_D):
-                offs_d = d0 + tl.arange(0, BLOCK_D)
-                mask_d = offs_d < end
-                q = tl.load(Q + offs_m[:, None] * D + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :],
-                            other=0.0)
-                k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :],
-                            other=0.0)
+                q, k = load_pair(Q, K, offs_m, offs_n, mask_m, mask_n, d0, end, D, BLOCK_D)
                 acc = dot(q, tl.trans(k), acc, IEEE)
                 if not PRENORM:
                     qf = q.to(tl.float32)
@@ -215,10 +210,7 @@ def _tile_grad(Q, K, LABELS, DIMS, W, LSE_IB, offs_m, offs_n, level, start, end,
     mask_m = offs_m < B
     mask_n = offs_n < N
     for d0 in range(start, end, BLOCK_D):
-        offs_d = d0 + tl.arange(0, BLOCK_D)
-        mask_d = offs_d < end
-        q = tl.load(Q + offs_m[:, None] * D + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-        k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        q, k = load_pair(Q, K, offs_m, offs_n, mask_m, mask_n, d0, end, D, BLOCK_D)
         acc = dot(q, tl.trans(k), acc, IEEE)
         qf = q.to(tl.float32)
         kf = k.to(tl.float32)
@@ -495,7 +487,6 @@ class _FusedContrastive(torch.autograd.Function):
                 inv_b, LP=triton.next_power_of_2(n_levels), BLOCK_C=block_c, DIMS_DIV=dims_div, IEEE=ieee,
                 num_warps=warps, **blocks)
         return out_q, out_p, out_h, out_k, None, None, None, None, None
-
 
 
 def fused_loss(queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None,

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused_common import EPS, dot
+from .fused_common import EPS, dot, load_pair
 
 SCRATCH_BYTES = 32 * 2**20
 # Tile shape of the GEMM-like kernels of this path (a standard Hopper GEMM tile, untuned; the forward uses BLOCK_M
@@ -104,10 +104,7 @@ def _ib_grad_tile(Q, K, QN, KN, LABELS, LSE_IB, OUT, B, N, D, level, end, row0, 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     end = tl.multiple_of(end, DIMS_DIV)
     for d0 in range(0, end, BLOCK_D):
-        offs_d = d0 + tl.arange(0, BLOCK_D)
-        mask_d = offs_d < end
-        q = tl.load(Q + offs_m[:, None] * D + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-        k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        q, k = load_pair(Q, K, offs_m, offs_n, mask_m, mask_n, d0, end, D, BLOCK_D)
         acc = dot(q, tl.trans(k), acc, IEEE)
     q_norm = tl.load(QN + level * B + offs_m, mask=mask_m, other=1.0)
     k_norm = tl.load(KN + level * N + offs_n, mask=mask_n, other=1.0)

@@ -28,7 +28,7 @@ def online_logsumexp(logits: torch.Tensor, chunk: int) -> tuple[torch.Tensor, li
     return run_max + torch.log(run_sum), history
 
 
-def _strategy_for(impl: str) -> AbstractContextManager:
+def impl_context(impl: str) -> AbstractContextManager:
     """'triton-scratch': the fused op with its large-batch backward forced on, one tile of scratch per chunk."""
     if impl != "triton-scratch":
         return nullcontext()
@@ -53,7 +53,7 @@ def compare_to_float64(shapes: Sequence[tuple[int, int, int, int, bool, bool]], 
         def run(impl, dt, base=base, mrl=mrl, in_batch=in_batch):
             leaves = [t.to(dt).clone().requires_grad_() if t is not None else None for t in base]
             q, p, n, s = leaves
-            with _strategy_for(impl):
+            with impl_context(impl):
                 loss = contrastive_loss(q, p, n, shared_negatives=s, in_batch=in_batch,
                                         mrl_dims="f2llm_v2" if mrl else None, impl=impl.split("-")[0],
                                         chunk_size=8)
