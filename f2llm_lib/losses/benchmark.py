@@ -1,13 +1,19 @@
 """Benchmark of the contrastive-loss implementations: time, peak memory and (GPU) kernel launches -> CSV + plot.
 
     python -m f2llm_lib.losses.benchmark --out runs/bench_loss             # CPU: reference, chunked, compiled
-    python -m f2llm_lib.losses.benchmark --device cuda --out runs/bench    # GPU: + triton, inf-cl
+    python -m f2llm_lib.losses.benchmark --device cuda --out runs/bench    # GPU: + triton, memeff, inf-cl
 
 Regimes (see ../shared/F2LLM_FACTS.md, section 7):
 - ``f2llm``: 16 local queries, 512 gathered keys, 7 hard negatives per query, d in {1024, 2560}, all MRL levels;
-- ``large``: B queries against B keys (in-batch only, one level), d = 1024, B in {8192, 16384} (+65536 on GPU).
+- ``large``: B queries against B keys (in-batch only, one level), d = 1024, B in {8192, 16384} (GPU: 8192 to
+  65536), against memeff's Qwen3 loss and Inf-CL on the GPU;
+- ``mrl``: the same in-batch problem at d = 384 with 4 MRL dims (64, 128, 256, 384; F2LLM-v2's weights), against
+  memeff's fused Matryoshka loss (GPU default; ``--regime mrl`` on the CPU runs reference and chunked).
+Baselines are called through ``baselines``, with the settings under which they compute our loss (tested).
 One forward + backward is timed; GPU kernel launches are those of the loss's forward and backward (the seed
 gradient of ``backward()`` is made once beforehand, as a training step makes it once for its summed loss).
+On a GPU, ``model_tflops`` is 6 B N d / time (the three B x N x d products of a forward + backward, d the
+largest dim), and ``loss_kernels.csv`` lists the CUDA time per kernel of each implementation at the largest size.
 CPU peak memory is measured in a fresh subprocess per case (peak RSS above the RSS after the inputs exist, with
 glibc's mmap threshold fixed at 1 MiB so that freed blocks leave RSS); GPU peak memory is
 ``max_memory_allocated`` above the inputs. ``workspace_mb`` = peak minus the gradients returned (which
@@ -34,10 +40,16 @@ from pathlib import Path
 import torch
 
 from .api import auto_chunk_size, mrl_levels, mrl_weights
+from .baselines import NOTES
 from .chunked import chunked_loss
 from .reference import reference_loss
 
 TEMPERATURE = 0.05
+# The MRL regime: memeff's own headline shape (d = 384, 4 dims), dims multiples of 64 as its fused kernels need.
+MRL_DIM, MRL_DIMS = 384, (64, 128, 256, 384)
+GPU_LARGE_SIZES = (8192, 16384, 32768, 65536)
+# Largest B at which the eager reference (B x N fp32 logits, several copies) still runs in the GPU benchmark.
+GPU_REFERENCE_MAX = 16384
 
 
 def _case_inputs(regime: str, batch: int, dim: int, device: str, dtype: torch.dtype):
@@ -49,7 +61,8 @@ def _case_inputs(regime: str, batch: int, dim: int, device: str, dtype: torch.dt
         pos = keys[:batch]
         dims = mrl_levels(dim)
     else:
-        q, keys, negatives, dims = make(batch, dim), make(batch, dim), None, [dim]
+        q, keys, negatives = make(batch, dim), make(batch, dim), None
+        dims = list(MRL_DIMS) if regime == "mrl" else [dim]
         pos = keys
     labels = torch.arange(batch, device=device)
     leaves = [t.detach().clone().requires_grad_() for t in (q, pos, keys)]
@@ -82,12 +95,23 @@ def _step_fn(impl: str, regime: str):
     if impl == "inf-cl":
         if regime != "large":
             raise ValueError("inf-cl has no hard negatives or MRL: large regime only")
-        from inf_cl import cal_flash_loss
+        from .baselines import inf_cl_loss
+
+        baseline = inf_cl_loss(TEMPERATURE)
+        return lambda q, p, n, k, y, d, w: baseline(q, k)
+    if impl == "memeff":
+        if regime == "f2llm":
+            raise ValueError("memeff's hard negatives share the in-batch denominator (not F2LLM's loss): "
+                             "large and mrl regimes only")
+        from .baselines import memeff_loss
+
+        cache: dict[tuple, object] = {}
 
         def step(q, p, n, k, y, d, w):
-            qn = torch.nn.functional.normalize(q, dim=-1)
-            kn = torch.nn.functional.normalize(k, dim=-1)
-            return cal_flash_loss(qn, kn, y, scale=1.0 / TEMPERATURE).mean()
+            key = (tuple(d), tuple(w))
+            if key not in cache:
+                cache[key] = memeff_loss(TEMPERATURE, d, w)
+            return cache[key](q, k)
 
         return step
     raise ValueError(f"unknown impl {impl!r}")
@@ -147,7 +171,7 @@ def measure(impl: str, regime: str, batch: int, dim: int, device: str, dtype: to
         run()
         _sync(device)
         times.append(time.perf_counter() - start)
-    launches = None
+    launches, kernels = None, []
     if device == "cuda":
         from torch.profiler import ProfilerActivity, profile
 
@@ -156,13 +180,43 @@ def measure(impl: str, regime: str, batch: int, dim: int, device: str, dtype: to
             _sync(device)
         launches = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
                        and not e.name.lower().startswith("memcpy"))
+        kernels = kernel_times(prof.events())
     # The gradients themselves are output, not workspace: every implementation has to return them.
     grad_mb = sum(t.grad.numel() * t.grad.element_size() for t in (q, p, k, n) if t is not None
                   and t.grad is not None) / 2**20
-    return {"impl": impl, "regime": regime, "batch": batch, "keys": k.shape[0], "dim": dim, "levels": len(dims),
-            "hard_negatives": 0 if n is None else n.shape[1], "dtype": str(dtype).replace("torch.", ""),
-            "device": device, "time_ms": round(1000 * statistics.median(times), 3), "peak_mb": round(peak_mb, 2),
-            "grad_mb": round(grad_mb, 2), "workspace_mb": round(peak_mb - grad_mb, 2), "launches": launches}
+    time_ms = 1000 * statistics.median(times)
+    row = {"impl": impl, "regime": regime, "batch": batch, "keys": k.shape[0], "dim": dim, "levels": len(dims),
+           "mrl_dims": " ".join(str(d) for d in dims), "hard_negatives": 0 if n is None else n.shape[1],
+           "dtype": str(dtype).replace("torch.", ""), "device": device, "time_ms": round(time_ms, 3),
+           "peak_mb": round(peak_mb, 2), "grad_mb": round(grad_mb, 2), "workspace_mb": round(peak_mb - grad_mb, 2),
+           "launches": launches, "model_tflops": round(6 * batch * k.shape[0] * max(dims) / time_ms / 1e9, 2),
+           "notes": note(impl, regime)}
+    if kernels:
+        row["kernels"] = kernels
+    return row
+
+
+def note(impl: str, regime: str) -> str:
+    """What an implementation computes, in the CSV beside its figures (semantic differences included)."""
+    name, _, tiles = impl.partition("@")
+    if name == "memeff" and regime == "mrl":
+        return NOTES["memeff-mrl"]
+    if tiles:
+        return f"ours, large-batch path forced, scratch tile shape {tiles} (tile sweep)"
+    return NOTES.get(name, "")
+
+
+def kernel_times(events) -> list[dict]:
+    """CUDA kernels of one profiled call, grouped by name: calls and total milliseconds, longest first."""
+    totals: dict[str, list[float]] = {}
+    for event in events:
+        if event.device_type != torch.autograd.DeviceType.CUDA or event.name.lower().startswith("memcpy"):
+            continue
+        entry = totals.setdefault(event.name, [0, 0.0])
+        entry[0] += 1
+        entry[1] += event.time_range.elapsed_us() / 1000  # a kernel event's own start and end on the device
+    return [{"kernel": name, "calls": calls, "ms": round(ms, 3)}
+            for name, (calls, ms) in sorted(totals.items(), key=lambda item: -item[1][1])]
 
 
 def _rss_mb() -> float:
@@ -174,20 +228,29 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _cases(device: str, quick: bool) -> list[tuple[str, int, int]]:
+def _cases(device: str, quick: bool, sizes: Sequence[int] | None = None) -> list[tuple[str, int, int]]:
     cases = [("f2llm", 16, 1024), ("f2llm", 16, 2560)]
-    sizes = [1024] if quick else [8192, 16384] + ([65536] if device == "cuda" else [])
-    return cases + [("large", size, 1024) for size in sizes]
+    if sizes is None:
+        sizes = [1024] if quick else list(GPU_LARGE_SIZES) if device == "cuda" else [8192, 16384]
+    cases += [("large", size, 1024) for size in sizes]
+    if device == "cuda":  # memeff runs on CUDA only; on the CPU the mrl regime is asked for with --regime mrl
+        cases += [("mrl", size, MRL_DIM) for size in sizes]
+    return cases
 
 
 def _impls(device: str, regime: str, batch: int, scratch_tiles: Sequence[str] = ()) -> list[str]:
-    impls = ["reference", "compiled", "chunked"]
-    if device == "cuda":
-        impls.append("triton")
-        if regime == "large":  # the sweep last: a run cut short still has the main figures
-            impls += ["triton-registers", "inf-cl"] + [f"triton-scratch@{tiles}" for tiles in scratch_tiles]
-        if regime == "large" and batch >= 65536:
-            impls = [i for i in impls if i not in ("reference", "compiled")]  # 16 GiB per logits copy
+    if regime == "f2llm":
+        return ["reference", "compiled", "chunked"] + (["triton"] if device == "cuda" else [])
+    if device != "cuda":
+        return ["reference", "compiled", "chunked"]
+    # On the GPU the large-batch rows compare the memory-bounded implementations; the eager reference only where
+    # its B x N logits are small, and no torch.compile (a recompilation per shape, minutes of a short GPU lease).
+    impls = (["reference"] if batch <= GPU_REFERENCE_MAX else []) + ["triton", "memeff"]
+    if regime == "large":
+        impls += ["inf-cl", "triton-registers"]
+    impls.append("chunked")
+    if regime == "large":  # the sweep last: a run cut short still has the main figures
+        impls += [f"triton-scratch@{tiles}" for tiles in scratch_tiles]
     return impls
 
 
@@ -218,10 +281,11 @@ def _add_ratios(rows: list[dict]) -> None:
         if base and "time_ms" in row:
             row["time_vs_reference"] = round(row["time_ms"] / base["time_ms"], 3)
             row["memory_vs_reference"] = round(row["peak_mb"] / base["peak_mb"], 4) if base["peak_mb"] else None
-        inf_cl = next((r for r in rows if r["impl"] == "inf-cl" and r["batch"] == row["batch"]
-                       and r["dim"] == row["dim"] and "time_ms" in r), None)
-        if inf_cl and "time_ms" in row:  # the large-regime target: the fused op beats inf-cl
-            row["time_vs_inf_cl"] = round(row["time_ms"] / inf_cl["time_ms"], 3)
+        for other in ("inf-cl", "memeff"):  # the large-batch targets: the fused op beats both
+            base = next((r for r in rows if r["impl"] == other and r["regime"] == row["regime"]
+                         and r["batch"] == row["batch"] and r["dim"] == row["dim"] and "time_ms" in r), None)
+            if base and "time_ms" in row:
+                row[f"time_vs_{other.replace('-', '_')}"] = round(row["time_ms"] / base["time_ms"], 3)
 
 
 def _plot(rows: list[dict], path: Path) -> None:
@@ -230,18 +294,24 @@ def _plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    large = [r for r in rows if r["regime"] == "large" and "time_ms" in r]
-    for impl in sorted({r["impl"] for r in large}):
-        pts = sorted((r["batch"], r["time_ms"], r["peak_mb"]) for r in large if r["impl"] == impl)
-        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
-        axes[1].plot([p[0] for p in pts], [max(p[2], 1e-3) for p in pts], marker="o", label=impl)
-    for ax, label in zip(axes, ("time per fwd+bwd (ms)", "peak extra memory (MB)"), strict=True):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("queries = keys (d = 1024)")
-        ax.set_ylabel(label)
-        ax.legend()
+    regimes = [r for r in ("large", "mrl") if any(row["regime"] == r and "time_ms" in row for row in rows)]
+    if not regimes:
+        return
+    fig, axes = plt.subplots(len(regimes), 2, figsize=(11, 4 * len(regimes)), squeeze=False)
+    for ax_row, regime in zip(axes, regimes, strict=True):
+        cases = [r for r in rows if r["regime"] == regime and "time_ms" in r and "@" not in r["impl"]]
+        for impl in sorted({r["impl"] for r in cases}):
+            pts = sorted((r["batch"], r["time_ms"], r["workspace_mb"]) for r in cases if r["impl"] == impl)
+            ax_row[0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
+            ax_row[1].plot([p[0] for p in pts], [max(p[2], 1e-2) for p in pts], marker="o", label=impl)
+        shape = f"d = {cases[0]['dim']}" + (f", MRL dims {cases[0]['mrl_dims']}" if regime == "mrl" else "")
+        for ax, label in zip(ax_row, ("time per fwd+bwd (ms)", "extra memory beyond the gradients (MB)"),
+                             strict=True):
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel(f"queries = keys ({shape}, {cases[0]['dtype']})")
+            ax.set_ylabel(label)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -249,15 +319,25 @@ def _plot(rows: list[dict], path: Path) -> None:
 def _write_csv(rows: list[dict], out: Path) -> None:
     _add_ratios(rows)
     out.mkdir(parents=True, exist_ok=True)
-    fields = ["device", "dtype", "regime", "impl", "batch", "keys", "dim", "levels", "hard_negatives", "time_ms",
-              "peak_mb", "grad_mb", "workspace_mb", "launches", "time_vs_reference", "memory_vs_reference",
-              "time_vs_inf_cl", "error"]
-    tmp = out / "loss_benchmark.csv.tmp"
+    fields = ["device", "dtype", "regime", "impl", "batch", "keys", "dim", "levels", "mrl_dims", "hard_negatives",
+              "time_ms", "peak_mb", "grad_mb", "workspace_mb", "launches", "model_tflops", "time_vs_reference",
+              "memory_vs_reference", "time_vs_inf_cl", "time_vs_memeff", "notes", "error"]
+    _write_rows(out / "loss_benchmark.csv", fields, rows)
+    kernels = [{"impl": r["impl"], "regime": r["regime"], "batch": r["batch"], "dim": r["dim"], "time_ms": r["time_ms"],
+                **k, "share": round(k["ms"] / r["time_ms"], 3) if r["time_ms"] else None}
+               for r in rows if r.get("kernels") for k in r["kernels"]]
+    if kernels:
+        _write_rows(out / "loss_kernels.csv", list(kernels[0]), kernels)
+
+
+def _write_rows(path: Path, fields: list[str], rows: list[dict]) -> None:
+    """CSV through a temporary file and a rename: a reader never sees half a table."""
+    tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(out / "loss_benchmark.csv")
+    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,8 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/bench_loss"))
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small large-regime size, for tests")
-    parser.add_argument("--regime", choices=["f2llm", "large"], help="run only this regime")
-    parser.add_argument("--sizes", type=int, nargs="*", help="large-regime B = N values (default: 8192 16384 ...)")
+    parser.add_argument("--regime", choices=["f2llm", "large", "mrl"], help="run only this regime")
+    parser.add_argument("--sizes", type=int, nargs="*", help="B = N values of the large and mrl regimes (default: "
+                        "8192 16384 on the CPU, 8192 to 65536 on a GPU)")
+    parser.add_argument("--kernel-profile", choices=["largest", "all", "none"], default="largest",
+                        help="GPU: which sizes keep their per-kernel times in loss_kernels.csv")
     parser.add_argument("--scratch-tiles", nargs="*", default=[], metavar="MxNwWsS",
                         help="GPU, largest large-regime size: also time the scratch path with these tile shapes "
                         "(e.g. 128x64w4s4)")
@@ -290,11 +373,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
     rows = []
-    cases = _cases(args.device, args.quick)
-    if args.sizes:
-        cases = [c for c in cases if c[0] == "f2llm"] + [("large", size, 1024) for size in args.sizes]
+    cases = _cases(args.device, args.quick, args.sizes)
+    if args.regime == "mrl" and args.device != "cuda":
+        sizes = args.sizes or ([1024] if args.quick else [8192, 16384])
+        cases += [("mrl", size, MRL_DIM) for size in sizes]
     cases = [c for c in cases if args.regime in (None, c[0])]
     largest = max((batch for regime, batch, _ in cases if regime == "large"), default=0)
+    largest_of = {regime: max(b for r, b, _ in cases if r == regime) for regime, _, _ in cases}
     for regime, batch, dim in cases:
         # the tile sweep at the largest size only, where it matters, after that size's main rows
         for impl in _impls(args.device, regime, batch, args.scratch_tiles if batch == largest else ()):
@@ -307,8 +392,11 @@ def main(argv: list[str] | None = None) -> int:
                     row = {"impl": impl, "regime": regime, "batch": batch, "dim": dim, "device": args.device,
                            "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
                 torch.cuda.empty_cache()
+                if args.kernel_profile == "none" or (args.kernel_profile == "largest" and batch != largest_of[regime]
+                                                     and regime != "f2llm"):
+                    row.pop("kernels", None)
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k not in ("kernels", "notes")}), flush=True)
             _write_csv(rows, args.out)  # after every case, so a run cut short still leaves its figures
     _plot(rows, args.out / "loss_benchmark.png")
     print(f"wrote {args.out / 'loss_benchmark.csv'} and loss_benchmark.png")

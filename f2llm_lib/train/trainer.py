@@ -54,6 +54,40 @@ def batch_loss(encoder, batch: Batch, config: TrainConfig, device) -> torch.Tens
                             impl=config.loss_impl, stop_grad_gather=config.stop_grad_gather)
 
 
+def configure_deepspeed(accelerator: Accelerator, config: TrainConfig) -> dict | None:
+    """Under DeepSpeed (e.g. ``ci/accelerate/gpu_8_zero2.yaml``), fill what accelerate cannot infer, before
+    ``prepare``, as the released F2LLM code does: we prepare no DataLoader, so accelerate cannot resolve the "auto"
+    micro batch size and refuses to start. Accumulation and clipping follow our config so that DeepSpeed's engine
+    (which then does both) agrees with the loop. Returns the DeepSpeed config dict, or None without DeepSpeed."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return None
+    ds_config = plugin.deepspeed_config
+    ds_config["train_micro_batch_size_per_gpu"] = config.per_device_batch
+    ds_config["gradient_accumulation_steps"] = config.grad_accum
+    ds_config["gradient_clipping"] = config.grad_clip
+    return ds_config
+
+
+def _fix_cpu_deepspeed_layout(accelerator: Accelerator) -> None:
+    """DeepSpeed on CPUs (its gloo backend; our tests) starts the process group itself, but accelerate 1.15 then
+    records every process as rank 0 of 1, so each would load the same slice of the batch and all would write as the
+    main process. Take the layout from the process group DeepSpeed started (on GPUs accelerate already agrees)."""
+    import torch.distributed as dist
+
+    if accelerator.state.deepspeed_plugin is None or not dist.is_initialized():
+        return
+    world_size, rank = dist.get_world_size(), dist.get_rank()
+    if accelerator.num_processes == world_size and accelerator.process_index == rank:
+        return
+    from accelerate.state import AcceleratorState, PartialState
+
+    layout = {"num_processes": world_size, "process_index": rank,
+              "local_process_index": int(os.environ.get("LOCAL_RANK", rank))}
+    for shared in (PartialState._shared_state, AcceleratorState._shared_state):
+        shared.update(layout)
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
     steps = sorted((int(p.name.split("_")[1]), p) for p in (output_dir / "checkpoints").glob("step_*")
                    if (p / ".complete").exists())
@@ -62,10 +96,14 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dict:
     output_dir = Path(config.output_dir)
-    # cpu=True on a machine without CUDA: that is what makes accelerate start gloo for several CPU processes.
+    # cpu=True on a machine without CUDA: that is what makes accelerate start gloo for several CPU processes. Not under
+    # DeepSpeed, which cpu=True would silently switch off; DeepSpeed's CPU accelerator starts gloo by itself.
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
-                              log_with="tensorboard", project_dir=str(output_dir), cpu=not torch.cuda.is_available(),
+                              log_with="tensorboard", project_dir=str(output_dir),
+                              cpu=not torch.cuda.is_available() and not deepspeed,
                               step_scheduler_with_optimizer=False)  # we step it once per optimizer step
+    _fix_cpu_deepspeed_layout(accelerator)
     set_seed(config.seed)
     model, tokenizer = load_backbone(config.model, num_layers=config.num_layers or None, seed=config.seed)
     if config.gradient_checkpointing:
@@ -77,6 +115,7 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dic
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_floor(config))
+    configure_deepspeed(accelerator, config)
     encoder, optimizer, scheduler = accelerator.prepare(encoder, optimizer, scheduler)
     accelerator.register_for_checkpointing(loader)
     start = 0
