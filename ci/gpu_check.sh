@@ -1,26 +1,60 @@
 #!/usr/bin/env bash
-# One GPU check, at most ~8 minutes on one H100: GPU tests of the Triton loss (bf16 and fp32 tolerances) and the
-# GPU loss benchmark. Everything goes to one folder: ${1:-runs/gpu_check} (or $OUT when set, as on the lent machine).
-#   bash ci/gpu_check.sh [out_dir]          (run `make gpu-wheels` first where the GPU machine has no network)
+# One GPU check, at most ~8 minutes on one H100 or H200, everything into one folder: ${1:-runs/gpu_check} (or $OUT,
+# as on the lent machine). Each part has its own time limit and leaves its figures even when a later part fails:
+#   1. environment.txt: GPU, driver, torch, triton, and the GPU's measured bf16 matmul and copy ceilings;
+#   2. the loss benchmark (loss_benchmark.csv, loss_kernels.csv, loss_benchmark.png): F2LLM regime, in-batch
+#      8k-64k at d = 1024 vs memeff / Inf-CL / chunked, the mrl regime vs memeff's fused Matryoshka, tile sweep;
+#   3. the GPU tests (gpu_tests.log): fp32 and bf16, both strategies, the baselines computing our loss;
+#   4. the trainer benchmark (train_benchmark.csv): SmolLM2-135M's architecture, all 30 layers, bf16, one process:
+#      ours, ours under DeepSpeed ZeRO-2, sentence-transformers.
+#   bash ci/gpu_check.sh [out_dir]    (on a machine without network, run `make gpu-inputs` here first)
 # Works with the project's .venv or with a machine's own torch + triton (PYTHONPATH=. is set here).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-runs/gpu_check}}
 mkdir -p "$out"
 py=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
-export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-# inf-cl (the benchmark's baseline) from .whl/ (`make gpu-wheels`) when the machine lacks it and has no network
-if ! $py -c "import inf_cl" 2>/dev/null && ls .whl/inf_cl-*.whl >/dev/null 2>&1; then
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+started=$SECONDS
+stamp() { echo "=== [$((SECONDS - started)) s] $*"; }
+
+main() {
+
+# Wheels from .whl/ (`make gpu-inputs`) for packages the machine lacks: the benchmark baselines, DeepSpeed, datasets.
+if ls .whl/*.whl >/dev/null 2>&1; then
   site=$(mktemp -d)
-  $py -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/inf_cl-*.whl && export PYTHONPATH=$PYTHONPATH:$site
+  $py -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl && export PYTHONPATH=$PYTHONPATH:$site
 fi
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  $py -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+  $py -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+  $py -m f2llm_lib.losses.benchmark --ceilings
 } > "$out/environment.txt" 2>&1
 cat "$out/environment.txt"
 status=0
-timeout 170 $py -m pytest -q -p no:cacheprovider tests/test_loss_gpu.py 2>&1 | tee "$out/gpu_tests.log" || status=1
-timeout 290 $py -m f2llm_lib.losses.benchmark --device cuda --scratch-sweep --out "$out" 2>&1 | tee "$out/benchmark.log" || status=1
-echo "gpu_check finished with status $status; results in $out"
-exit $status
+
+stamp "loss benchmark"
+timeout 250 $py -m f2llm_lib.losses.benchmark --device cuda --scratch-sweep --out "$out" || status=1
+
+stamp "GPU tests"
+workers=$($py -c "import xdist" 2>/dev/null && echo "-n 4" || echo "")
+timeout 100 $py -m pytest -q -p no:cacheprovider $workers tests/test_loss_gpu.py > "$out/gpu_tests.log" 2>&1 || status=1
+tail -n 15 "$out/gpu_tests.log"
+
+stamp "trainer benchmark"
+arch=.gpu/smollm2-135m-arch
+if [ -f "$arch/config.json" ] && [ -f .gpu/pycode_retrieval.jsonl ]; then
+  model=$(mktemp -d)/smollm2-135m-arch
+  cp -r "$arch" "$model" && $py -m f2llm_lib.backbones random-init "$model" >/dev/null
+  timeout 110 $py -m f2llm_lib.train.benchmark --device cuda --models "$model:0" --precision bf16 --batch 16 \
+    --negatives 7 --max-length 256 --steps 12 --zero2 --tuples .gpu/pycode_retrieval.jsonl --out "$out/train" \
+    && mv "$out/train/train_benchmark.csv" "$out/" && rm -rf "$out/train" || status=1
+else
+  echo "no .gpu/ inputs (make gpu-inputs): trainer benchmark skipped"; status=1
+fi
+stamp "gpu_check finished with status $status; results in $out"
+return $status
+}
+
+main 2>&1 | tee "$out/gpu_check.log"
+exit "${PIPESTATUS[0]}"

@@ -178,6 +178,53 @@ def prune_layers(model: PreTrainedModel, keep: int) -> PreTrainedModel:
     return model
 
 
+def _source(spec: str) -> str:
+    """A local folder or a hub id for ``spec``; a clear error for anything else."""
+    local = Path(spec).expanduser()
+    if local.exists():
+        return str(local)
+    if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
+        raise BackboneError(
+            f"unknown model spec {spec!r}: use '{SMOLLM2_SPEC}', '{TINY_QWEN3_SPEC}', a hub id such as "
+            "'Qwen/Qwen3-0.6B', or an existing local folder."
+        )
+    return spec
+
+
+def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of backbone ``spec`` without loading its weights (data is tokenized with the model's own)."""
+    if spec in (SMOLLM2_SPEC, TINY_QWEN3_SPEC):
+        return smollm2_tokenizer()
+    return _fix_pad_token(AutoTokenizer.from_pretrained(_source(spec), trust_remote_code=False))
+
+
+def save_architecture(spec: str, out_dir: str | Path) -> Path:
+    """Write ``spec``'s config and tokenizer, without weights, to ``out_dir`` (for a machine the weights can't
+    reach, e.g. a GPU machine without network: ``random_init`` there gives a same-shaped model to time)."""
+    model, tokenizer = load_backbone(spec)
+    out_dir = Path(out_dir)
+
+    def save(tmp: Path) -> None:
+        model.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    _atomic_save(out_dir, save)
+    return out_dir
+
+
+def random_init(folder: str | Path, seed: int = 0) -> Path:
+    """Give the config in ``folder`` randomly initialised safetensors weights (same shapes, same speed, no skill)."""
+    from transformers import AutoConfig
+
+    folder = Path(folder)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    torch.manual_seed(seed)
+    AutoModel.from_config(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def load_backbone(
     spec: str,
     *,
@@ -201,14 +248,8 @@ def load_backbone(
         tokenizer = smollm2_tokenizer()
         model = AutoModel.from_pretrained(_smollm2_model_folder(), dtype=torch.float32, use_safetensors=True)
     else:
-        local = Path(spec).expanduser()
-        if not local.exists() and spec.count("/") != 1:
-            raise BackboneError(
-                f"unknown model spec {spec!r}: use '{SMOLLM2_SPEC}', '{TINY_QWEN3_SPEC}', a hub id such as "
-                "'Qwen/Qwen3-0.6B', or an existing local folder."
-            )
-        source = str(local) if local.exists() else spec
-        tokenizer = _fix_pad_token(AutoTokenizer.from_pretrained(source, trust_remote_code=False))
+        source = _source(spec)
+        tokenizer = load_tokenizer(source)
         model = AutoModel.from_pretrained(source, trust_remote_code=False, use_safetensors=True,
                                           dtype=torch.float32)
     if num_layers:
@@ -216,3 +257,27 @@ def load_backbone(
     model.config.use_cache = False
     model = model.to(device=device, dtype=torch_dtype).eval()
     return model, tokenizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m f2llm_lib.backbones architecture SPEC DIR`` / ``random-init DIR``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Move a backbone's shape to a machine its weights can't reach")
+    sub = parser.add_subparsers(dest="command", required=True)
+    arch = sub.add_parser("architecture", help="write SPEC's config + tokenizer (no weights) to DIR")
+    arch.add_argument("spec")
+    arch.add_argument("out_dir")
+    init = sub.add_parser("random-init", help="add random safetensors weights to the config in DIR")
+    init.add_argument("folder")
+    init.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.command == "architecture":
+        print(save_architecture(args.spec, args.out_dir))
+    else:
+        print(random_init(args.folder, args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -101,10 +101,10 @@ def test_gpu_benchmark_plan_covers_the_issue():
     assert [b for r, b, d in cases if r == "mrl"] == [8192, 16384, 32768, 65536]
     assert {d for r, b, d in cases if r == "mrl"} == {384} and benchmark.MRL_DIMS == (64, 128, 256, 384)
     for regime, batch, _ in cases:
-        impls = benchmark._impls("cuda", regime, batch, ("64x64w4s4",))
+        impls = benchmark._impls("cuda", regime, batch)
         if regime == "f2llm":
             assert impls == ["reference", "compiled", "chunked", "triton"]
             continue
         assert {"triton", "memeff", "chunked"} <= set(impls)
         assert ("inf-cl" in impls) == (regime == "large")
-        assert any("@" in i for i in impls) == (regime == "large")
+

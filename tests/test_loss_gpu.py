@@ -56,3 +56,44 @@ def test_triton_scratch_backward_on_gpu_matches_float64(shape, dtype):
     the larger shapes walk many chunks on both sides."""
     with fused.forced_strategy("scratch", scratch_bytes=2**20):
         _check_against_float64(shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(("impl", "regime", "batch", "dim"), [
+    ("memeff", "large", 1000, 1024), ("inf-cl", "large", 1000, 1024), ("memeff", "mrl", 777, 384)])
+def test_benchmark_baselines_compute_our_loss_on_gpu(impl, regime, batch, dim, dtype):
+    """memeff and Inf-CL, called exactly as the benchmark calls them, give our in-batch loss and gradients."""
+    from f2llm_lib.losses import benchmark, mrl_weights
+
+    dims = list(benchmark.MRL_DIMS) if regime == "mrl" else [dim]
+    weights = mrl_weights(dims, dim)
+    gen = torch.Generator().manual_seed(batch)
+    base = [torch.randn(batch, dim, generator=gen).to(dtype).double() for _ in range(2)]
+    truth, truth_grads = _run_in_batch(lambda q, k: contrastive_loss(
+        q, k, mrl_dims=dims, impl="reference"), base, torch.float64)
+    torch_loss, torch_grads = _run_in_batch(lambda q, k: contrastive_loss(
+        q, k, mrl_dims=dims, impl="reference"), base, dtype)
+    # Relative error bounds: both baselines compute fp32 products in TF32 (10-bit mantissa) and bf16 as bf16, so
+    # they get twice PyTorch's own error in the dtype, at least 2e-3 (fp32/TF32) or 1e-2 (bf16). A wrong setting
+    # (false-negative mask on, the 'stable' gradient scale) is off by far more: 0.1 in the loss, sqrt(B tau) in grads.
+    floor = 2e-3 if dtype == torch.float32 else 1e-2
+    pytest.importorskip({"memeff": "memeff", "inf-cl": "inf_cl"}[impl])
+    step = benchmark._step_fn(impl, regime)
+    loss, grads = _run_in_batch(lambda q, k: step(q, k, None, k, None, dims, weights), base, dtype)
+    cases = [("loss", loss, torch_loss, truth)] + [
+        (f"grad {i}", g, t, e) for i, (g, t, e) in enumerate(zip(grads, torch_grads, truth_grads, strict=True))]
+    for name, ours, theirs, exact in cases:
+        error, torch_error = _relative_error(ours, exact), _relative_error(theirs, exact)
+        assert error <= max(2 * torch_error, floor), f"{impl} {regime} {dtype} {name}: relative error {error:.2e}"
+
+
+def _relative_error(actual, expected) -> float:
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    return float((actual - expected).norm() / expected.norm().clamp_min(1e-30))
+
+
+def _run_in_batch(loss_fn, base, dtype):
+    q, k = [t.to("cuda", dtype).detach().clone().requires_grad_() for t in base]
+    loss = loss_fn(q, k)
+    loss.backward()
+    return loss.detach().double(), [q.grad, k.grad]

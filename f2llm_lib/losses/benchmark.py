@@ -219,6 +219,31 @@ def kernel_times(events) -> list[dict]:
             for name, (calls, ms) in sorted(totals.items(), key=lambda item: -item[1][1])]
 
 
+def device_ceilings(size: int = 8192, copy_mb: int = 2048) -> dict:
+    """This GPU's two ceilings, measured on random data (median of 10 after 3 warm-ups, CUDA events): a bf16
+    size^3 matrix product in TFLOP/s, and a device-to-device copy in GB/s counting bytes read plus written."""
+    def median_ms(fn) -> float:
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(10):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        return statistics.median(times)
+
+    a, b = (torch.randn(size, size, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    matmul_ms = median_ms(lambda: a @ b)
+    src = torch.randn(copy_mb * 2**20 // 4, device="cuda")
+    dst = torch.empty_like(src)
+    copy_ms = median_ms(lambda: dst.copy_(src))
+    return {"gpu": torch.cuda.get_device_name(), "matmul_bf16_tflops": round(2 * size**3 / matmul_ms / 1e9, 1),
+            "copy_gb_per_s": round(2 * src.numel() * 4 / copy_ms / 1e6, 1)}
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -238,7 +263,7 @@ def _cases(device: str, quick: bool, sizes: Sequence[int] | None = None) -> list
     return cases
 
 
-def _impls(device: str, regime: str, batch: int, scratch_tiles: Sequence[str] = ()) -> list[str]:
+def _impls(device: str, regime: str, batch: int) -> list[str]:
     if regime == "f2llm":
         return ["reference", "compiled", "chunked"] + (["triton"] if device == "cuda" else [])
     if device != "cuda":
@@ -248,10 +273,7 @@ def _impls(device: str, regime: str, batch: int, scratch_tiles: Sequence[str] = 
     impls = (["reference"] if batch <= GPU_REFERENCE_MAX else []) + ["triton", "memeff"]
     if regime == "large":
         impls += ["inf-cl", "triton-registers"]
-    impls.append("chunked")
-    if regime == "large":  # the sweep last: a run cut short still has the main figures
-        impls += [f"triton-scratch@{tiles}" for tiles in scratch_tiles]
-    return impls
+    return impls + ["chunked"]
 
 
 def _run_case_isolated(impl, regime, batch, dim, device, dtype, reps) -> dict:
@@ -356,8 +378,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="GPU, largest large-regime size: also time the scratch path with these tile shapes "
                         "(e.g. 128x64w4s4)")
     parser.add_argument("--scratch-sweep", action="store_true", help="--scratch-tiles fused_scratch.SWEEP_TILES")
+    parser.add_argument("--ceilings", action="store_true", help="GPU: measure its bf16 matmul and copy ceilings, "
+                        "print them as JSON and stop")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.ceilings:
+        print(json.dumps(device_ceilings()))
+        return 0
     if args.scratch_sweep or args.scratch_tiles:
         from .fused_scratch import SWEEP_TILES, parse_tiles  # imports triton: only when asked
 
@@ -380,25 +407,28 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c for c in cases if args.regime in (None, c[0])]
     largest = max((batch for regime, batch, _ in cases if regime == "large"), default=0)
     largest_of = {regime: max(b for r, b, _ in cases if r == regime) for regime, _, _ in cases}
-    for regime, batch, dim in cases:
-        # the tile sweep at the largest size only, where it matters, after that size's main rows
-        for impl in _impls(args.device, regime, batch, args.scratch_tiles if batch == largest else ()):
-            if args.device == "cpu":
-                row = _run_case_isolated(impl, regime, batch, dim, args.device, dtype, args.reps)
-            else:
-                try:
-                    row = measure(impl, regime, batch, dim, args.device, dtype, args.reps)
-                except Exception as exc:  # e.g. out of memory: report it, keep going
-                    row = {"impl": impl, "regime": regime, "batch": batch, "dim": dim, "device": args.device,
-                           "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
-                torch.cuda.empty_cache()
-                if args.kernel_profile == "none" or (args.kernel_profile == "largest" and batch != largest_of[regime]
-                                                     and regime != "f2llm"):
-                    row.pop("kernels", None)
-            rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k not in ("kernels", "notes")}), flush=True)
-            _write_csv(rows, args.out)  # after every case, so a run cut short still leaves its figures
-    _plot(rows, args.out / "loss_benchmark.png")
+    plan = [(regime, batch, dim, impl) for regime, batch, dim in cases for impl in _impls(args.device, regime, batch)]
+    # the tile sweep last (a run cut short still has every main figure), at the largest in-batch size only
+    plan += [("large", largest, 1024, f"triton-scratch@{tiles}") for tiles in args.scratch_tiles if largest]
+    for index, (regime, batch, dim, impl) in enumerate(plan):
+        if args.device == "cpu":
+            row = _run_case_isolated(impl, regime, batch, dim, args.device, dtype, args.reps)
+        else:
+            try:
+                row = measure(impl, regime, batch, dim, args.device, dtype, args.reps)
+            except Exception as exc:  # e.g. out of memory: report it, keep going
+                row = {"impl": impl, "regime": regime, "batch": batch, "dim": dim, "device": args.device,
+                       "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+            torch.cuda.empty_cache()
+            keep = args.kernel_profile == "all" or (args.kernel_profile == "largest"
+                                                    and (batch == largest_of[regime] or regime == "f2llm"))
+            if not keep:
+                row.pop("kernels", None)
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k not in ("kernels", "notes")}), flush=True)
+        _write_csv(rows, args.out)  # after every case, so a run cut short still leaves its figures
+        if index + 1 == len(plan) or plan[index + 1][:2] != (regime, batch):
+            _plot(rows, args.out / "loss_benchmark.png")  # and the plot after every size
     print(f"wrote {args.out / 'loss_benchmark.csv'} and loss_benchmark.png")
     return 0
 

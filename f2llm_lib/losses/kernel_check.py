@@ -33,6 +33,7 @@ from pathlib import Path
 
 KERNELS = {"fused": ("_ib_fwd", "_row_fwd", "_bwd_dq", "_bwd_dk"), "fused_scratch": ("_prefix_norms", "_ib_grad_tile")}
 # name: (strategy, dtype, B, extra keys, hard negatives, d, MRL, in-batch): every launch configuration the op uses.
+# MRL: True for F2LLM-v2's levels (8, 16, ..., d), False for d alone, or the prefix dims themselves.
 CASES = {
     "f2llm-d1024": ("registers", "float16", 16, 16, 7, 1024, True, True),  # F2LLM's regime (0.6B model)
     "f2llm-d2560": ("registers", "float16", 16, 16, 7, 2560, True, True),  # 4B model
@@ -43,6 +44,9 @@ CASES = {
     "scratch-everything": ("scratch", "float16", 16, 16, 7, 1024, True, True),  # large-batch path, all switched on
     "large": ("scratch", "float16", 16, 16, 0, 1024, False, True),  # ... as benchmarked (in-batch, one level)
     "large-fp32": ("scratch", "float32", 16, 16, 0, 1024, False, True),
+    # the benchmark's mrl regime (d = 384, dims 64 ... 384): large-batch path, and the small-batch one of its GPU test
+    "mrl-384": ("scratch", "float16", 16, 16, 0, 384, (64, 128, 256, 384), True),
+    "mrl-384-registers": ("registers", "float16", 16, 16, 0, 384, (64, 128, 256, 384), True),
 }
 
 
@@ -105,7 +109,7 @@ def record() -> list[dict]:
         shared = make(extra, dim) if extra else None
         with fused.forced_strategy(strategy), fused_scratch.tile_config(tiles) if tiles else nullcontext():
             loss = contrastive_loss(q, p, negatives, shared_negatives=shared, in_batch=in_batch, impl="triton",
-                                    mrl_dims="f2llm_v2" if mrl else None)
+                                    mrl_dims="f2llm_v2" if mrl is True else list(mrl) if mrl else None)
             loss.backward()
     return launches
 

@@ -1,10 +1,16 @@
 """Training throughput: our trainer vs a plain sentence-transformers MultipleNegativesRankingLoss fit.
 
-    python -m f2llm_lib.train.benchmark --out runs/bench_train
+    python -m f2llm_lib.train.benchmark --out runs/bench_train                    # CPU: tiny-qwen3, 4-layer SmolLM2
+    python -m f2llm_lib.train.benchmark --device cuda --models smollm2-135m:0 --precision bf16 --batch 16 \\
+        --negatives 7 --max-length 256 --zero2 --out runs/bench_train_gpu      # one GPU, + ZeRO-2 as released
 
 Same backbone, same pycode retrieval tuples (query, positive, k hard negatives), same batch size and max length,
-one process. Reported per model: real (non-padding) tokens per second, averaged over the timed steps (the first
-step is warm-up), and the padding fraction of what the model actually ran. Writes CSV and JSON.
+one process. Reported per run: real (non-padding) tokens per second and the median step time over the timed steps
+(the first step is warm-up), the padding fraction of what the model actually ran, and (CUDA) peak memory
+allocated. ``--zero2`` adds our trainer under ``accelerate launch`` with DeepSpeed ZeRO-2 (one process; the
+config in ``ci/accelerate/``). ``--models`` takes ``spec:layers`` (0 = all layers); a spec is anything
+``load_backbone`` takes, and data are tokenized with that backbone's own tokenizer. ``--save-tuples`` /
+``--tuples`` move the curated tuples to a machine that lacks the curation's inputs. Writes CSV and JSON.
 """
 
 from __future__ import annotations
@@ -13,34 +19,70 @@ import argparse
 import csv
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+import yaml
 
-from ..backbones import load_backbone
-from ..data.pipeline import curate
-from ..data.recipes import load_recipe
+from ..backbones import load_backbone, load_tokenizer
+from ..data.schema import TrainingTuple
 from ..data.tokenized import write_training_files
 from ..model import F2LLMEncoder
+from ..paths import REPO_ROOT
 from .config import TrainConfig
 from .trainer import train
 
-
-def _ours(model: str, layers: int, data_dir: Path, work: Path, batch: int, negatives: int, steps: int,
-          max_length: int) -> dict:
-    config = TrainConfig.from_dict({"model": model, "num_layers": layers, "data_dir": str(data_dir),
-                                    "output_dir": str(work / f"ours-{model}"), "max_steps": steps,
-                                    "per_device_batch": batch, "num_negatives": negatives, "max_length": max_length,
-                                    "save_every": 10**6, "eval_every": 10**6, "val_fraction": 0.0})
-    history = train(config, export=False)["history"][1:]
-    return {"tokens_per_second": statistics.mean(h["tokens_per_second"] for h in history),
-            "padding_fraction": statistics.mean(h["padding_fraction"] for h in history)}
+ZERO2_CONFIGS = {"cuda": REPO_ROOT / "ci" / "accelerate" / "gpu_1_zero2.yaml",
+                 "cpu": REPO_ROOT / "ci" / "accelerate" / "cpu_2proc_zero2.yaml"}
 
 
-def _sentence_transformers(model: str, layers: int, tuples, work: Path, batch: int, negatives: int, steps: int,
-                           max_length: int) -> dict:
+def _config(model: str, layers: int, data_dir: Path, out: Path, args: argparse.Namespace) -> dict:
+    return {"model": model, "num_layers": layers, "data_dir": str(data_dir), "output_dir": str(out),
+            "max_steps": args.steps, "per_device_batch": args.batch, "num_negatives": args.negatives,
+            "max_length": args.max_length, "save_every": 10**6, "eval_every": 10**6, "val_fraction": 0.0,
+            "mixed_precision": "bf16" if args.precision == "bf16" else "no"}
+
+
+def _summary(history: list[dict]) -> dict:
+    timed = history[1:]  # the first step compiles kernels and fills caches
+    out = {"tokens_per_second": statistics.mean(h["tokens_per_second"] for h in timed),
+           "padding_fraction": statistics.mean(h["padding_fraction"] for h in timed),
+           "step_ms": 1000 * statistics.median(h["step_seconds"] for h in timed)}
+    if "peak_memory_mb" in history[-1]:
+        out["peak_memory_mb"] = max(h["peak_memory_mb"] for h in history)
+    return out
+
+
+def _ours(model: str, layers: int, data_dir: Path, work: Path, args: argparse.Namespace) -> dict:
+    history = train(TrainConfig.from_dict(_config(model, layers, data_dir, work / f"ours-{layers}", args)),
+                    export=False)["history"]
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)  # the sentence-transformers trainer builds its own accelerator next
+    return _summary(history)
+
+
+def _ours_zero2(model: str, layers: int, data_dir: Path, work: Path, args: argparse.Namespace) -> dict:
+    """Our trainer as F2LLM released it: accelerate + DeepSpeed ZeRO-2, one process, read from metrics.jsonl."""
+    out = work / f"zero2-{layers}"
+    config_path = work / f"zero2-{layers}.yaml"
+    config_path.write_text(yaml.safe_dump(_config(model, layers, data_dir, out, args)))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ZERO2_CONFIGS[args.device]),
+           "--num_processes", "1", "-m", "f2llm_lib.train", "--config", str(config_path), "--no-export"]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError("ZeRO-2 run failed:\n" + "\n".join((result.stdout + result.stderr).splitlines()[-25:]))
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return _summary(history)
+
+
+def _sentence_transformers(model: str, layers: int, tuples: list[TrainingTuple], work: Path,
+                           args: argparse.Namespace) -> dict:
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
@@ -53,16 +95,17 @@ def _sentence_transformers(model: str, layers: int, tuples, work: Path, batch: i
     from ..export import export_sentence_transformers
 
     backbone, tokenizer = load_backbone(model, num_layers=layers or None)
-    folder = export_sentence_transformers(F2LLMEncoder(backbone, tokenizer, max_length=max_length),
-                                          work / f"st-{model}")
-    st_model = SentenceTransformer(str(folder), device="cpu")
+    folder = export_sentence_transformers(F2LLMEncoder(backbone, tokenizer, max_length=args.max_length),
+                                          work / f"st-{layers}")
+    del backbone
+    st_model = SentenceTransformer(str(folder), device=args.device)
     rows = {"anchor": [t.query for t in tuples], "positive": [t.positive for t in tuples]}
-    for index in range(negatives):
+    for index in range(args.negatives):
         rows[f"negative_{index + 1}"] = [t.negatives[index] for t in tuples]
     counts = {"real": 0, "padded": 0}
 
-    def count_tokens(module, args, kwargs):
-        features = args[0] if args else kwargs.get("features", kwargs)
+    def count_tokens(module, call_args, kwargs):
+        features = call_args[0] if call_args else kwargs.get("features", kwargs)
         mask = features["attention_mask"]
         counts["real"] += int(mask.sum())
         counts["padded"] += mask.numel()
@@ -72,61 +115,113 @@ def _sentence_transformers(model: str, layers: int, tuples, work: Path, batch: i
     tokens: list[int] = []
 
     class Timer(TrainerCallback):
-        def on_step_begin(self, *args, **kwargs):
+        def on_step_begin(self, *unused, **kwargs):
+            if args.device == "cuda":
+                torch.cuda.synchronize()
             self.start, self.real = time.perf_counter(), counts["real"]
 
-        def on_step_end(self, *args, **kwargs):
+        def on_step_end(self, *unused, **kwargs):
+            if args.device == "cuda":
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - self.start)
             tokens.append(counts["real"] - self.real)
 
     arguments = SentenceTransformerTrainingArguments(
-        output_dir=str(work / f"st-run-{model}"), per_device_train_batch_size=batch, max_steps=steps,
-        learning_rate=2e-5, report_to="none", save_strategy="no", logging_strategy="no", use_cpu=True,
-        dataloader_drop_last=True, seed=0)
+        output_dir=str(work / f"st-run-{layers}"), per_device_train_batch_size=args.batch, max_steps=args.steps,
+        learning_rate=2e-5, report_to="none", save_strategy="no", logging_strategy="no",
+        use_cpu=args.device == "cpu", bf16=args.precision == "bf16", dataloader_drop_last=True, seed=0)
     trainer = SentenceTransformerTrainer(model=st_model, args=arguments, train_dataset=Dataset.from_dict(rows),
                                          loss=MultipleNegativesRankingLoss(st_model), callbacks=[Timer()])
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     trainer.train()
     rates = [n / t for n, t in zip(tokens[1:], times[1:], strict=True)]
-    return {"tokens_per_second": statistics.mean(rates), "padding_fraction": 1 - counts["real"] / counts["padded"]}
+    out = {"tokens_per_second": statistics.mean(rates), "padding_fraction": 1 - counts["real"] / counts["padded"],
+           "step_ms": 1000 * statistics.median(times[1:])}
+    if args.device == "cuda":
+        out["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def curate_tuples(count: int) -> list[TrainingTuple]:
+    """``count`` pycode retrieval tuples (BM25-mined negatives), the benchmark's data."""
+    from ..data.pipeline import curate
+    from ..data.recipes import load_recipe
+
+    recipe = load_recipe("pycode")
+    recipe.tasks, recipe.max_samples = ["retrieval"], count + count // 4 + 8  # decontamination drops a few
+    return curate(recipe, show_progress=False).datasets["pycode_retrieval"][:count]
+
+
+def _read_tuples(path: Path) -> list[TrainingTuple]:
+    return [TrainingTuple(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def _parse_models(specs: list[str]) -> list[tuple[str, int]]:
+    models = []
+    for spec in specs:
+        name, sep, layers = spec.rpartition(":")
+        if not sep or not layers.isdigit():
+            raise SystemExit(f"--models: {spec!r} must be SPEC:LAYERS, e.g. smollm2-135m:4 (0 = all layers)")
+        models.append((name, int(layers)))
+    return models
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_train"))
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--models", nargs="+", default=["tiny-qwen3:0", "smollm2-135m:4"], metavar="SPEC:LAYERS")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--negatives", type=int, default=3)
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--zero2", action="store_true", help="also our trainer under DeepSpeed ZeRO-2 (one process)")
+    parser.add_argument("--tuples", type=Path, help="JSON lines of tuples (from --save-tuples) instead of curating")
+    parser.add_argument("--save-tuples", type=Path, help="curate the tuples, write them here, and stop")
     args = parser.parse_args(argv)
+    models = _parse_models(args.models)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is visible")
     torch.manual_seed(0)
+    count = args.batch * (args.steps + 2)
+    tuples = _read_tuples(args.tuples) if args.tuples else curate_tuples(count)
+    if args.save_tuples:
+        args.save_tuples.parent.mkdir(parents=True, exist_ok=True)
+        args.save_tuples.write_text("".join(json.dumps(asdict(t)) + "\n" for t in tuples), encoding="utf-8")
+        print(f"wrote {len(tuples)} tuples to {args.save_tuples}")
+        return 0
+    if len(tuples) < count:
+        parser.error(f"{len(tuples)} tuples, fewer than batch x (steps + 2) = {count}")
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        recipe = load_recipe("pycode")
-        recipe.tasks, recipe.max_samples = ["retrieval"], args.batch * (args.steps + 2)
-        from ..backbones import smollm2_tokenizer
-
-        datasets = curate(recipe, show_progress=False).datasets
-        write_training_files(datasets, smollm2_tokenizer(), work / "data", args.max_length)
-        tuples = datasets["pycode_retrieval"]
-        rows = []
-        for model, layers in (("tiny-qwen3", 0), ("smollm2-135m", 4)):
-            ours = _ours(model, layers, work / "data", work, args.batch, args.negatives, args.steps, args.max_length)
-            theirs = _sentence_transformers(model, layers, tuples, work, args.batch, args.negatives, args.steps,
-                                            args.max_length)
-            for name, values in (("f2llm_lib trainer", ours), ("sentence-transformers MNRL", theirs)):
-                rows.append({"model": model, "layers": layers or "all", "trainer": name, "batch": args.batch,
-                             "negatives": args.negatives, "max_length": args.max_length, "steps": args.steps,
-                             "tokens_per_second": round(values["tokens_per_second"], 1),
-                             "padding_fraction": round(values["padding_fraction"], 4)})
-            rows[-2]["speed_vs_sentence_transformers"] = round(
-                rows[-2]["tokens_per_second"] / rows[-1]["tokens_per_second"], 3)
-            print(json.dumps(rows[-2:]), flush=True)
+        for model, layers in models:
+            data_dir = work / f"data-{len(rows)}"
+            write_training_files({"pycode_retrieval": tuples}, load_tokenizer(model), data_dir, args.max_length)
+            runs = [("f2llm_lib trainer", _ours(model, layers, data_dir, work, args))]
+            if args.zero2:
+                runs.append(("f2llm_lib trainer, DeepSpeed ZeRO-2", _ours_zero2(model, layers, data_dir, work, args)))
+            runs.append(("sentence-transformers MNRL", _sentence_transformers(model, layers, tuples, work, args)))
+            baseline = runs[-1][1]["tokens_per_second"]
+            for name, values in runs:
+                row = {"model": Path(model).name if Path(model).exists() else model, "layers": layers or "all",
+                       "trainer": name, "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+                       "precision": args.precision, "batch": args.batch, "negatives": args.negatives,
+                       "max_length": args.max_length, "steps": args.steps,
+                       **{k: round(v, 4 if k == "padding_fraction" else 1) for k, v in values.items()},
+                       "speed_vs_sentence_transformers": round(values["tokens_per_second"] / baseline, 3)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "train_benchmark.csv").open("w", newline="") as handle:
-        fields = list(dict.fromkeys(key for row in rows for key in row))  # every column once, in order
+    fields = list(dict.fromkeys(key for row in rows for key in row))  # every column once, in order
+    tmp_csv = args.out / "train_benchmark.csv.tmp"
+    with tmp_csv.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+    tmp_csv.replace(args.out / "train_benchmark.csv")
     (args.out / "train_benchmark.json").write_text(json.dumps(rows, indent=2))
     print(f"wrote {args.out / 'train_benchmark.csv'}")
     return 0

@@ -130,6 +130,8 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dic
     last = min(config.max_steps, config.stop_after) if config.stop_after else config.max_steps
     bar = tqdm(range(start, last), desc="train", disable=not accelerator.is_main_process, initial=start, total=last)
     history = []
+    if accelerator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(accelerator.device)
     for step in bar:
         tic = time.perf_counter()
         tokens = padded = 0
@@ -151,7 +153,10 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dic
         mean_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
         total_tokens = accelerator.reduce(torch.tensor(float(tokens), device=accelerator.device), "sum").item()
         record = {"step": step + 1, "loss": mean_loss, "dataset": batch.dataset, "lr": scheduler.get_last_lr()[0],
-                  "tokens_per_second": total_tokens / seconds, "padding_fraction": 1 - tokens / padded}
+                  "tokens_per_second": total_tokens / seconds, "padding_fraction": 1 - tokens / padded,
+                  "step_seconds": seconds}
+        if accelerator.device.type == "cuda":  # this rank's peak since training started (weights, optimizer, step)
+            record["peak_memory_mb"] = torch.cuda.max_memory_allocated(accelerator.device) / 2**20
         if (step + 1) % config.eval_every == 0 or step + 1 == last:
             record["val"] = validate(encoder, loader, config, accelerator)
         if accelerator.is_main_process and ((step + 1) % config.log_every == 0 or "val" in record):
