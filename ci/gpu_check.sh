@@ -32,18 +32,25 @@ fi
 } > "$out/environment.txt" 2>&1
 cat "$out/environment.txt"
 status=0
+parts=",${GPU_CHECK_PARTS:-tests,loss,train},"  # e.g. GPU_CHECK_PARTS=tests,loss to leave the trainer out
 
-stamp "loss benchmark"
-timeout 250 $py -m f2llm_lib.losses.benchmark --device cuda --scratch-sweep --out "$out" || status=1
+if [[ $parts == *,tests,* ]]; then
+  stamp "GPU tests"
+  workers=$($py -c "import xdist" 2>/dev/null && echo "-n 4" || echo "")
+  timeout 90 $py -m pytest -q -p no:cacheprovider $workers tests/test_loss_gpu.py > "$out/gpu_tests.log" 2>&1 || status=1
+  tail -n 15 "$out/gpu_tests.log"
+fi
 
-stamp "GPU tests"
-workers=$($py -c "import xdist" 2>/dev/null && echo "-n 4" || echo "")
-timeout 100 $py -m pytest -q -p no:cacheprovider $workers tests/test_loss_gpu.py > "$out/gpu_tests.log" 2>&1 || status=1
-tail -n 15 "$out/gpu_tests.log"
+if [[ $parts == *,loss,* ]]; then
+  stamp "loss benchmark"
+  timeout 290 $py -m f2llm_lib.losses.benchmark --device cuda --scratch-sweep --out "$out" || status=1
+fi
 
-stamp "trainer benchmark"
 arch=.gpu/smollm2-135m-arch
-if [ -f "$arch/config.json" ] && [ -f .gpu/pycode_retrieval.jsonl ]; then
+if [[ $parts != *,train,* ]]; then
+  :
+elif [ -f "$arch/config.json" ] && [ -f .gpu/pycode_retrieval.jsonl ]; then
+  stamp "trainer benchmark"
   model=$(mktemp -d)/smollm2-135m-arch
   cp -r "$arch" "$model" && $py -m f2llm_lib.backbones random-init "$model" >/dev/null
   timeout 110 $py -m f2llm_lib.train.benchmark --device cuda --models "$model:0" --precision bf16 --batch 16 \

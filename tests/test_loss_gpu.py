@@ -78,6 +78,9 @@ def test_benchmark_baselines_compute_our_loss_on_gpu(impl, regime, batch, dim, d
     # (false-negative mask on, the 'stable' gradient scale) is off by far more: 0.1 in the loss, sqrt(B tau) in grads.
     floor = 2e-3 if dtype == torch.float32 else 1e-2
     pytest.importorskip({"memeff": "memeff", "inf-cl": "inf_cl"}[impl])
+    if impl == "memeff" and dtype == torch.float32 and dim > 512:
+        pytest.skip("memeff's fp32 backward at d = 1024 asks for 640 KB of shared memory, over Hopper's 227 KB "
+                    "(OutOfResources on an H200, 2026-11-27); the benchmark runs it in bf16")
     step = benchmark._step_fn(impl, regime)
     loss, grads = _run_in_batch(lambda q, k: step(q, k, None, k, None, dims, weights), base, dtype)
     cases = [("loss", loss, torch_loss, truth)] + [

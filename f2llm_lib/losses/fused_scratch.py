@@ -18,6 +18,7 @@ the extra memory is that scratch, one [R, d] fp32 accumulator and the per-row st
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ import triton.language as tl
 from .fused_common import EPS, dot, load_pair
 
 SCRATCH_BYTES = 32 * 2**20
+EPILOGUE_ROWS = 16  # keys per program of the key-side epilogue (a row-wise pass over [rows, d])
 # Tile shape of the GEMM-like kernels of this path (a standard Hopper GEMM tile, untuned; the forward uses BLOCK_M
 # with 64 keys per tile). ``tile_config`` swaps it for a block: the benchmark's --scratch-tiles sweep.
 GRAD_BLOCKS = {"BLOCK_M": 128, "BLOCK_N": 128}
@@ -87,13 +89,15 @@ def _prefix_norms(X, DIMS, OUT, R, D, L, BLOCK_R: tl.constexpr, BLOCK_D: tl.cons
 
 
 @triton.jit
-def _ib_grad_tile(Q, K, QN, KN, LABELS, LSE_IB, OUT, B, N, D, level, end, row0, rows, col0, cols, inv_temp,
+def _ib_grad_tile(Q, K, QN, KN, LABELS, LSE_IB, OUT, B, N, D, level, end, row0, rows, col0, cols, inv_temp, scale,
                   TRANS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                  DIMS_DIV: tl.constexpr, IEEE: tl.constexpr):
+                  DIMS_DIV: tl.constexpr, IEEE: tl.constexpr, FOLD: tl.constexpr):
     """One tile of one level's in-batch logit gradient, queries [row0, row0 + rows) x keys [col0, col0 + cols).
 
     TRANS False: OUT[i - row0, j - col0] = (p_ij - y_ij) b_j / tau   (query side; [rows, cols])
     TRANS True:  OUT[j - col0, i - row0] = (p_ij - y_ij) a_i / tau   (key side; [cols, rows])
+    FOLD: also times the output row's own factor and ``scale`` (= w / B): a_i w / B on the query side, b_j w / B
+    on the key side, so the GEMM that follows gives the chunk's gradient with no per-row pass after it.
     """
     # The fastest grid axis walks the short side (the chunk), so programs running together share the long side's
     # tile and each chunk reads the long operand from HBM about once.
@@ -116,15 +120,54 @@ def _ib_grad_tile(Q, K, QN, KN, LABELS, LSE_IB, OUT, B, N, D, level, end, row0, 
     valid = mask_m[:, None] & mask_n[None, :]
     onehot = (offs_n[None, :] == labels[:, None]).to(tl.float32)
     grad = tl.where(valid, tl.exp(s - lse[:, None]) - onehot, 0.0)
+    a_g = tl.where(q_norm >= EPS, a, 0.0)  # a zero vector gets no gradient
+    b_g = tl.where(k_norm >= EPS, b, 0.0)
     if TRANS:
-        a_g = tl.where(q_norm >= EPS, a, 0.0)  # a zero vector gets no gradient
         grad = grad * (a_g * inv_temp)[:, None]
+        if FOLD:
+            grad = grad * (b_g * scale)[None, :]
         ptrs = OUT + (offs_n - col0)[None, :] * rows + (offs_m - row0)[:, None]
     else:
-        b_g = tl.where(k_norm >= EPS, b, 0.0)
         grad = grad * (b_g * inv_temp)[None, :]
+        if FOLD:
+            grad = grad * (a_g * scale)[:, None]
         ptrs = OUT + (offs_m - row0)[:, None] * cols + (offs_n - col0)[None, :]
     tl.store(ptrs, grad.to(OUT.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _key_epilogue(U, K, KN, ACC, OUT, GOUT, col0, cols, N, D, level, end,
+                  FIRST: tl.constexpr, LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One level's key gradients for BLOCK_R keys of a chunk, from U [cols, end] = G'^T Q (fp32, already times
+    b_j w / B): ACC[j] (+)= U[j] - b_j^2 (k_j . U[j]) k_j on the prefix (the key-normalisation term), 0 beyond it.
+    FIRST writes ACC instead of adding; LAST writes OUT[col0 + j] = that sum x the incoming gradient instead."""
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    mask_r = offs_r < cols
+    keys = col0 + offs_r
+    along = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    for d0 in range(0, end, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        mask = mask_r[:, None] & (offs_d[None, :] < end)
+        u = tl.load(U + offs_r[:, None] * end + offs_d[None, :], mask=mask, other=0.0)
+        k = tl.load(K + keys[:, None] * D + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+        along += tl.sum(u * k, axis=1)
+    k_norm = tl.load(KN + level * N + keys, mask=mask_r, other=1.0)
+    b_g = tl.where(k_norm >= EPS, 1.0 / tl.maximum(k_norm, EPS), 0.0)
+    along = along * b_g * b_g
+    g_out = tl.load(GOUT).to(tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        mask = mask_r[:, None] & (offs_d[None, :] < D)
+        prefix = mask & (offs_d[None, :] < end)
+        u = tl.load(U + offs_r[:, None] * end + offs_d[None, :], mask=prefix, other=0.0)
+        k = tl.load(K + keys[:, None] * D + offs_d[None, :], mask=prefix, other=0.0).to(tl.float32)
+        value = u - k * along[:, None]
+        if not FIRST:
+            value += tl.load(ACC + offs_r[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
+        if LAST:
+            tl.store(OUT + keys[:, None] * D + offs_d[None, :], (value * g_out).to(OUT.dtype.element_ty), mask=mask)
+        else:
+            tl.store(ACC + offs_r[:, None] * D + offs_d[None, :], value, mask=mask)
 
 
 def prefix_norms(x: torch.Tensor, dims_t: torch.Tensor, dims_div: int) -> torch.Tensor:
@@ -151,27 +194,62 @@ def _gradient_factor(norms: torch.Tensor) -> torch.Tensor:
     return torch.where(norms >= 1e-12, 1.0 / norms.clamp_min(1e-12), torch.zeros_like(norms))
 
 
+def folds(dtype: torch.dtype) -> bool:
+    """Whether the scratch tile carries the row factor w / B (``_ib_grad_tile``'s FOLD): in bf16 and fp32, whose 8-bit
+    exponent holds (p - y) a_i b_j w / (B tau) at any batch; in fp16 it underflows at large B (6e-8 is its smallest
+    number), so fp16 applies the factor in fp32 after the GEMM instead."""
+    return dtype != torch.float16
+
+
 def _launch_tiles(q, keys, q_norms, k_norms, labels, lse_ib, out, level, end, row0, rows, col0, cols, inv_temp,
-                  trans: bool, dims_div: int, tiles: tuple[dict[str, int], int, int]) -> None:
+                  trans: bool, dims_div: int, tiles: tuple[dict[str, int], int, int], scale: float) -> None:
     blocks, warps, stages = tiles
     grid = (triton.cdiv(rows, blocks["BLOCK_M"]), triton.cdiv(cols, blocks["BLOCK_N"]))
     grid = grid[::-1] if trans else grid
     _ib_grad_tile[grid](q, keys, q_norms, k_norms, labels, lse_ib, out, q.shape[0], keys.shape[0], q.shape[1],
-                        level, end, row0, rows, col0, cols, inv_temp, TRANS=trans, BLOCK_D=grad_block_d(q.dtype),
-                        DIMS_DIV=dims_div,
-                        IEEE=q.dtype == torch.float32, num_warps=warps, num_stages=stages, **blocks)
+                        level, end, row0, rows, col0, cols, inv_temp, scale, TRANS=trans,
+                        BLOCK_D=grad_block_d(q.dtype), DIMS_DIV=dims_div, IEEE=q.dtype == torch.float32,
+                        FOLD=folds(q.dtype), num_warps=warps, num_stages=stages, **blocks)
 
 
-def _chunks(total: int, other: int, like: torch.Tensor, block: int):
+def _product_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool) -> None:
+    """out (fp32) = or += a @ b, in one GEMM whatever a's dtype: cuBLAS takes bf16/fp16 operands with an fp32
+    output; the CPU (tests: fp32 only on this path) multiplies in fp32."""
+    if a.dtype == torch.float32:
+        if accumulate:
+            out.addmm_(a, b)
+        else:
+            torch.mm(a, b, out=out)
+    elif not _fp32_output_gemm() or not out.is_contiguous():  # the product, then one add (or copy)
+        product = torch.mm(a, b, out_dtype=torch.float32) if _fp32_output_gemm() else torch.mm(a, b).float()
+        out.add_(product) if accumulate else out.copy_(product)
+    elif accumulate:
+        torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
+    else:
+        torch.mm(a, b, out_dtype=torch.float32, out=out)
+
+
+@functools.cache
+def _fp32_output_gemm() -> bool:
+    """Whether this torch has cuBLAS GEMMs with 16-bit operands and an fp32 output (``out_dtype``, torch >= 2.8);
+    without it the product is rounded to the input dtype once, then added in fp32."""
+    try:
+        a = torch.ones(2, 2, dtype=torch.bfloat16, device="cuda")
+        return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+    except (TypeError, RuntimeError):
+        return False
+
+
+def _chunks(total: int, other: int, like: torch.Tensor, block: int, zero: bool = True):
     """Walk ``total`` rows in chunks that keep a [chunk, other] scratch at SCRATCH_BYTES: yield (first, count,
-    that chunk's [count, other] scratch in the input dtype, its zeroed fp32 [count, d] accumulator). The two
-    buffers are allocated once and reused by every chunk."""
+    that chunk's [count, other] scratch in the input dtype, its fp32 [count, d] accumulator, zeroed if ``zero``).
+    The two buffers are allocated once and reused by every chunk."""
     step = chunk_size(other, like.element_size(), block)
     scratch = torch.empty(min(step, total) * other, dtype=like.dtype, device=like.device)
     extra = torch.empty((min(step, total), like.shape[1]), dtype=torch.float32, device=like.device)
     for first in range(0, total, step):
         count = min(step, total - first)
-        yield first, count, scratch[: count * other].view(count, other), extra[:count].zero_()
+        yield first, count, scratch[: count * other].view(count, other), extra[:count].zero_() if zero else extra
 
 
 def query_chunks(q, keys, labels, dims: Sequence[int], weights: Sequence[float], lse_ib, q_norms, k_norms,
@@ -179,14 +257,18 @@ def query_chunks(q, keys, labels, dims: Sequence[int], weights: Sequence[float],
                  tiles: tuple[dict[str, int], int, int]) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Yield (first row, rows, fp32 [rows, d] in-batch gradient of those queries, before the incoming grad)."""
     batch, n_keys = q.shape[0], keys.shape[0]
-    factors = _gradient_factor(q_norms)
-    for row0, rows, grad_tiles, acc in _chunks(batch, n_keys, q, tiles[0]["BLOCK_M"]):
+    fold = folds(q.dtype)
+    factors = None if fold else _gradient_factor(q_norms)
+    for row0, rows, grad_tiles, acc in _chunks(batch, n_keys, q, tiles[0]["BLOCK_M"], zero=len(dims) > 1):
         for level, (end, weight) in enumerate(zip(dims, weights, strict=True)):
             _launch_tiles(q, keys, q_norms, k_norms, labels, lse_ib, grad_tiles, level, end, row0, rows, 0, n_keys,
-                          inv_temp, trans=False, dims_div=dims_div, tiles=tiles)
-            part = torch.mm(grad_tiles, keys[:, :end]).float()
-            acc[:, :end] += part.mul_((factors[level, row0:row0 + rows] * (weight * inv_b))[:, None])
-        yield row0, rows, acc
+                          inv_temp, trans=False, dims_div=dims_div, tiles=tiles, scale=weight * inv_b)
+            if fold:  # one GEMM straight into the fp32 accumulator (the first one writes it: one level, no zeroing)
+                _product_into(acc[:rows, :end], grad_tiles, keys[:, :end], accumulate=len(dims) > 1)
+            else:
+                part = torch.mm(grad_tiles, keys[:, :end]).float()
+                acc[:, :end] += part.mul_((factors[level, row0:row0 + rows] * (weight * inv_b))[:, None])
+        yield row0, rows, acc[:rows]
 
 
 def key_grads(q, keys, labels, dims: Sequence[int], weights: Sequence[float], lse_ib, q_norms, k_norms,
@@ -194,12 +276,27 @@ def key_grads(q, keys, labels, dims: Sequence[int], weights: Sequence[float], ls
               grad_out: torch.Tensor) -> torch.Tensor:
     """dL/dkeys, chunk by chunk of keys; the key-normalisation term comes from the GEMM result itself."""
     batch, n_keys = q.shape[0], keys.shape[0]
-    factors = _gradient_factor(k_norms)
     out = torch.empty_like(keys)
+    if folds(q.dtype):
+        # per chunk and level: the tile, one GEMM into U, one epilogue (normalisation term, accumulate, write out)
+        dim = q.shape[1]
+        step = chunk_size(batch, q.element_size(), tiles[0]["BLOCK_N"])
+        u_buffer = torch.empty(min(step, n_keys) * dim, dtype=torch.float32, device=q.device)
+        for col0, cols, grad_tiles, acc in _chunks(n_keys, batch, q, tiles[0]["BLOCK_N"], zero=False):
+            for level, (end, weight) in enumerate(zip(dims, weights, strict=True)):
+                _launch_tiles(q, keys, q_norms, k_norms, labels, lse_ib, grad_tiles, level, end, 0, batch, col0,
+                              cols, inv_temp, trans=True, dims_div=dims_div, tiles=tiles, scale=weight * inv_b)
+                u = u_buffer[: cols * end].view(cols, end)
+                _product_into(u, grad_tiles, q[:, :end], accumulate=False)
+                _key_epilogue[(triton.cdiv(cols, EPILOGUE_ROWS),)](
+                    u, keys, k_norms, acc, out, grad_out, col0, cols, n_keys, dim, level, end,
+                    FIRST=level == 0, LAST=level == len(dims) - 1, BLOCK_R=EPILOGUE_ROWS, BLOCK_D=64)
+        return out
+    factors = _gradient_factor(k_norms)
     for col0, cols, grad_tiles, acc in _chunks(n_keys, batch, q, tiles[0]["BLOCK_N"]):
         for level, (end, weight) in enumerate(zip(dims, weights, strict=True)):
             _launch_tiles(q, keys, q_norms, k_norms, labels, lse_ib, grad_tiles, level, end, 0, batch, col0, cols,
-                          inv_temp, trans=True, dims_div=dims_div, tiles=tiles)
+                          inv_temp, trans=True, dims_div=dims_div, tiles=tiles, scale=1.0)
             b_g = factors[level, col0:col0 + cols]
             grad_unit = torch.mm(grad_tiles, q[:, :end]).float().mul_((b_g * (weight * inv_b))[:, None])
             k_prefix = keys[col0:col0 + cols, :end].float()

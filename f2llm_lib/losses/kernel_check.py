@@ -31,7 +31,8 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
-KERNELS = {"fused": ("_ib_fwd", "_row_fwd", "_bwd_dq", "_bwd_dk"), "fused_scratch": ("_prefix_norms", "_ib_grad_tile")}
+KERNELS = {"fused": ("_ib_fwd", "_row_fwd", "_bwd_dq", "_bwd_dk"), "fused_scratch": ("_prefix_norms", "_ib_grad_tile",
+                                                                                     "_key_epilogue")}
 # name: (strategy, dtype, B, extra keys, hard negatives, d, MRL, in-batch): every launch configuration the op uses.
 # MRL: True for F2LLM-v2's levels (8, 16, ..., d), False for d alone, or the prefix dims themselves.
 CASES = {
