@@ -35,6 +35,7 @@ run: $(STAMP)
 
 readme-report: $(STAMP)
 	$(PY) -m f2llm_lib.run_report --update-readme
+	$(PY) -m f2llm_lib.benchmark_report --update-readme
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
