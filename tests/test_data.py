@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from f2llm_lib.data.decontaminate import Decontaminator, normalize_text
@@ -141,21 +138,46 @@ def test_decontamination_removes_planted_overlaps():
 
 
 def test_tokenized_files_dedupe_corpus_and_end_with_eos(tiny, tmp_path):
+    from f2llm_lib.data.tokenized import TokenizedData
+    from f2llm_lib.tokenization import tokenizer_identity
+
     _, tokenizer = tiny
     datasets = {"a": [TrainingTuple("a", "retrieval", "Find it", "q1 " * 400, "shared doc", ["neg one", "neg two"]),
                       TrainingTuple("a", "retrieval", "Find it", "q2", "other doc", ["shared doc", "neg one"])],
                 "b": [TrainingTuple("b", "clustering", "Group it", "q3", "neg two", ["shared doc"])]}
-    manifest = write_training_files(datasets, tokenizer, tmp_path / "out", max_length=32)
-    corpus = pq.read_table(tmp_path / "out" / "corpus.parquet").to_pylist()
-    assert len(corpus) == 4 and manifest["corpus_size"] == 4  # shared doc, neg one, neg two, other doc
-    queries = pq.read_table(tmp_path / "out" / "queries" / "a.parquet").to_pylist()
-    assert queries[0]["length"] == 32  # truncated ...
-    for row in corpus + queries:
-        assert row["input_ids"][-1] == tokenizer.eos_token_id and len(row["input_ids"]) == row["length"]
-    assert queries[1]["negative_doc_ids"][0] == queries[0]["positive_doc_id"]  # same text, same doc_id
-    assert tokenizer.decode(queries[1]["input_ids"][:-1]).startswith("Instruct: Find it\nQuery: q2")
-    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["queries_per_dataset"] == {"a": 2, "b": 1}
+    manifest = write_training_files(datasets, tokenizer, tmp_path / "out", max_length=32, batch_size=1)
+    data = TokenizedData(tmp_path / "out")
+    assert len(data.corpus) == 4 and manifest["corpus_size"] == 4  # shared doc, neg one, neg two, other doc
+    a = data.datasets["a"]
+    assert len(a.queries[0]) == 32  # truncated ...
+    for tokens in [data.corpus[d] for d in range(4)] + [a.queries[0], a.queries[1]]:
+        assert int(tokens[-1]) == tokenizer.eos_token_id  # ... and still ending in EOS
+    assert int(a.negatives[1][0]) == int(a.positive[0])  # same text, same doc_id (across batches of one tuple)
+    assert tokenizer.decode(a.queries[1][:-1].tolist()).startswith("Instruct: Find it\nQuery: q2")
+    assert [len(a.negatives[i]) for i in range(2)] == [2, 2] and len(data.datasets["b"].negatives[0]) == 1
+    assert manifest["queries_per_dataset"] == {"a": 2, "b": 1}
+    assert manifest["datasets"]["b"]["task_type"] == "clustering"
+    assert data.tokenizer == tokenizer_identity(tokenizer) and data.max_length == 32
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+    assert isinstance(data.corpus.values, np.memmap)  # read through the page cache, not loaded
+
+
+def test_tokenized_writer_streams_generators_and_replaces_atomically(tiny, tmp_path):
+    from f2llm_lib.data.tokenized import TokenizedData
+
+    _, tokenizer = tiny
+
+    def stream(n):  # a generator: the writer must not need a list
+        for i in range(n):
+            yield TrainingTuple("s", "retrieval", "", f"query {i}", f"doc {i}", [f"doc {(i + 1) % n}"])
+
+    write_training_files({"s": stream(50)}, tokenizer, tmp_path / "out", max_length=16, batch_size=7)
+    assert len(TokenizedData(tmp_path / "out").datasets["s"].queries) == 50
+    with pytest.raises(DataError):  # a failure mid-way leaves the previous folder whole and no temporary one
+        write_training_files({"s": stream(20), "bad": [TrainingTuple("bad", "retrieval", "", 5, "x", [])]},
+                             tokenizer, tmp_path / "out", max_length=16)
+    assert len(TokenizedData(tmp_path / "out").datasets["s"].queries) == 50
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_pycode_train_and_eval_share_no_module_and_no_text():

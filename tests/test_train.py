@@ -67,8 +67,10 @@ def test_two_gloo_processes_equal_one_process_on_the_concatenated_batch(tmp_path
     assert any(m["dataset"].endswith("retrieval") for m in metrics), "the run must include in-batch steps"
     start = {k: v for k, v in load_file(str(_initial(tmp_path))).items()}
     a, b = _weights(two, 3), _weights(one, 3)
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
-    assert max(float((a[k] - start[k]).abs().max()) for k in a) > 1e-4, "training must have moved the weights"
+    # fp32 sums in another order (gloo all-reduce vs one batch), through Adam's normalisation: ~1e-5 apart, while
+    # a wrong gradient (e.g. the stop-gradient gather) moves them ~1e-3 apart at this learning rate
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 3e-5
+    assert max(float((a[k] - start[k]).abs().max()) for k in a) > 1e-3, "training must have moved the weights"
 
 
 def _initial(tmp_path):

@@ -144,25 +144,22 @@ def write_tuples(result: CurationResult, out_dir: Path) -> None:
         tmp.replace(out_dir / "tuples" / f"{name}.parquet")
 
 
-def run_recipe(recipe_path: str | Path, out_dir: str | Path, tokenizer_spec: str = "smollm2-135m",
+def run_recipe(recipe_path: str | Path, out_dir: str | Path, backbone: str = "smollm2-135m",
                scorer_spec: str | None = None, max_length: int = 256, num_layers: int | None = None,
                show_progress: bool = True) -> CurationResult:
-    """Curate one recipe and write tuples, tokenized files, reports and the manifest to ``out_dir``."""
-    from ..backbones import smollm2_tokenizer
+    """Curate one recipe and write tuples, tokenized files (with ``backbone``'s own tokenizer), reports and the
+    manifest to ``out_dir``."""
+    from ..backbones import load_tokenizer
 
+    tokenizer = load_tokenizer(backbone)  # before curation: a wrong spec fails in seconds, not after mining
     recipe = load_recipe(recipe_path)
     result = curate(recipe, scorer_spec, num_layers, show_progress)
     out_dir = Path(out_dir)
-    tokenizer = smollm2_tokenizer() if tokenizer_spec in ("smollm2-135m", "tiny-qwen3") else None
-    if tokenizer is None:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_spec, trust_remote_code=False)
     reports = {"mining": {k: v.summary() for k, v in result.mining.items()},
                "decontamination": result.decontamination.per_dataset}
     result.manifest = write_training_files(result.datasets, tokenizer, out_dir / "tokenized", max_length,
                                            {"recipe": recipe.name, "recipe_sha1": recipe.digest,
-                                            "tokenizer_spec": tokenizer_spec, **reports})
+                                            "backbone": backbone, **reports})
     write_tuples(result, out_dir)
     (out_dir / "reports.json").write_text(json.dumps(reports, indent=2))
     return result
@@ -175,10 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scorer", default=None, help="bm25 or a model spec (default: the recipe's)")
     parser.add_argument("--num-layers", type=int, default=0, help="layer-pruned scorer for speed (0: all)")
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--backbone", default="smollm2-135m",
+                        help="the model the data is for: its tokenizer tokenizes (smollm2-135m, a hub id, a folder)")
     args = parser.parse_args(argv)
     try:
-        result = run_recipe(args.recipe, args.out, scorer_spec=args.scorer, max_length=args.max_length,
-                            num_layers=args.num_layers or None)
+        result = run_recipe(args.recipe, args.out, backbone=args.backbone, scorer_spec=args.scorer,
+                            max_length=args.max_length, num_layers=args.num_layers or None)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,83 +1,271 @@
-"""Tokenized training files: one de-duplicated corpus table keyed by doc_id, one query table per dataset.
+"""Tokenized training data at F2LLM scale: flat token arrays with offsets, memory-mapped, never loaded whole.
 
-Queries are written ``Instruct: {instruction}\\nQuery: {text}``; documents get no instruction. Every text is
-tokenized without special tokens, truncated, and ends with EOS (see ``f2llm_lib.tokenization``). Lengths are
-stored so that masks are built from them. Files are written to a temporary folder that is renamed at the end.
+Every text is tokenized without special tokens, truncated, and ends with EOS (``f2llm_lib.tokenization``); queries
+are written ``Instruct: {instruction}\\nQuery: {text}``, documents get no instruction. Positives and negatives are
+de-duplicated into one corpus keyed by doc id. Layout of a data folder (format 2):
+
+    manifest.json                    format, tokenizer identity, max_length, per-dataset rows and task type, sizes
+    corpus/tokens.bin                int32: every document's ids back to back
+    corpus/offsets.bin               int64 [n_docs + 1]: document d is tokens[offsets[d]:offsets[d + 1]]
+    queries/<dataset>/tokens.bin     int32, queries/<dataset>/offsets.bin int64 [n + 1]: the formatted queries
+    queries/<dataset>/positive.bin   int64 [n]: each query's positive doc id
+    queries/<dataset>/neg_ids.bin    int64, queries/<dataset>/neg_offsets.bin int64 [n + 1]: its stored negatives
+
+Readers ``np.memmap`` the files, so every rank of a node shares one copy through the page cache and a loader
+starts in milliseconds whatever the size. The writer streams: it holds one batch of tuples, the token arrays of
+that batch and a 16-byte digest per distinct document (for de-duplication), never the corpus; it writes into a
+hidden sibling folder that is renamed into place at the end, so a reader never sees half a folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..model import format_query
-from ..tokenization import tokenize_with_eos
-from .schema import TrainingTuple
+from ..tokenization import tokenize_with_eos, tokenizer_identity
+from .schema import TrainingTuple, validate_tuple
+
+FORMAT_VERSION = 2
+LENGTH_BINS = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 1 << 20]
+TOKEN_DTYPE, INDEX_DTYPE = np.int32, np.int64
 
 
-def write_training_files(datasets: dict[str, Sequence[TrainingTuple]], tokenizer, out_dir: Path, max_length: int,
-                         manifest_extra: dict | None = None, batch_size: int = 512) -> dict:
-    """Write ``corpus.parquet``, ``queries/<dataset>.parquet`` and ``manifest.json``; return the manifest."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        doc_ids: dict[str, int] = {}
-        for tuples in datasets.values():
-            for item in tuples:
-                for text in (item.positive, *item.negatives):
-                    doc_ids.setdefault(text, len(doc_ids))
-        docs = list(doc_ids)
-        doc_tokens = []
-        for start in range(0, len(docs), batch_size):
-            doc_tokens += tokenize_with_eos(tokenizer, docs[start:start + batch_size], max_length)
-        lengths = [len(ids) for ids in doc_tokens]
-        pq.write_table(pa.table({"doc_id": pa.array(range(len(docs)), pa.int64()),
-                                 "input_ids": pa.array(doc_tokens, pa.list_(pa.int32())),
-                                 "length": pa.array(lengths, pa.int32())}), tmp / "corpus.parquet")
-        (tmp / "queries").mkdir()
-        counts, query_lengths = {}, []
-        for name, tuples in datasets.items():
-            texts = [format_query(t.query, t.instruction) for t in tuples]
-            q_tokens = []
-            for start in range(0, len(texts), batch_size):
-                q_tokens += tokenize_with_eos(tokenizer, texts[start:start + batch_size], max_length)
-            query_lengths += [len(ids) for ids in q_tokens]
-            table = pa.table({
-                "query_id": pa.array(range(len(tuples)), pa.int64()),
-                "task_type": pa.array([t.task_type for t in tuples]),
-                "input_ids": pa.array(q_tokens, pa.list_(pa.int32())),
-                "length": pa.array([len(ids) for ids in q_tokens], pa.int32()),
-                "positive_doc_id": pa.array([doc_ids[t.positive] for t in tuples], pa.int64()),
-                "negative_doc_ids": pa.array([[doc_ids[n] for n in t.negatives] for t in tuples],
-                                             pa.list_(pa.int64())),
-            })
-            pq.write_table(table, tmp / "queries" / f"{name}.parquet")
-            counts[name] = len(tuples)
-        bins = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+class TokenizedDataError(ValueError):
+    """A data folder is missing, incomplete, of another format, or made with another tokenizer."""
+
+
+class _RaggedWriter:
+    """Appends variable-length int arrays to ``<stem>tokens.bin`` and their end offsets to ``<stem>offsets.bin``."""
+
+    def __init__(self, folder: Path, values: str = "tokens.bin", offsets: str = "offsets.bin",
+                 dtype=TOKEN_DTYPE) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.values = (folder / values).open("wb")
+        self.offsets = (folder / offsets).open("wb")
+        self.dtype = dtype
+        self.total = 0
+        self.count = 0
+        np.zeros(1, INDEX_DTYPE).tofile(self.offsets)
+
+    def extend(self, arrays: list[list[int]]) -> None:
+        if not arrays:
+            return
+        lengths = np.fromiter((len(a) for a in arrays), dtype=INDEX_DTYPE, count=len(arrays))
+        np.concatenate([np.asarray(a, dtype=self.dtype) for a in arrays]).tofile(self.values)
+        (self.total + np.cumsum(lengths)).astype(INDEX_DTYPE).tofile(self.offsets)
+        self.total += int(lengths.sum())
+        self.count += len(arrays)
+
+    def close(self) -> None:
+        self.values.close()
+        self.offsets.close()
+
+
+class TokenizedWriter:
+    """Stream datasets of tuples into a data folder: ``add_dataset(name, tuples)`` per dataset, then ``close()``."""
+
+    def __init__(self, out_dir: str | Path, tokenizer, max_length: int, batch_size: int = 1024,
+                 manifest_extra: dict | None = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}-tokenizing-", dir=self.out_dir.parent))
+        self.tokenizer, self.max_length, self.batch_size = tokenizer, max_length, batch_size
+        self.extra = manifest_extra or {}
+        self.doc_ids: dict[bytes, int] = {}  # 16-byte digest of a document's text -> doc id
+        self.corpus = _RaggedWriter(self.tmp / "corpus")
+        self.datasets: dict[str, dict] = {}
+        self.histogram = {"queries": np.zeros(len(LENGTH_BINS) - 1, np.int64),
+                          "documents": np.zeros(len(LENGTH_BINS) - 1, np.int64)}
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        return tokenize_with_eos(self.tokenizer, texts, self.max_length) if texts else []
+
+    def _doc_ids(self, texts: list[str]) -> list[int]:
+        """Doc ids of ``texts``; new documents are tokenized and appended to the corpus."""
+        ids, new_texts = [], []
+        for text in texts:
+            key = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+            doc_id = self.doc_ids.get(key)
+            if doc_id is None:
+                doc_id = self.doc_ids[key] = len(self.doc_ids)
+                new_texts.append(text)
+            ids.append(doc_id)
+        tokens = self._tokenize(new_texts)
+        self.corpus.extend(tokens)
+        self.histogram["documents"] += np.histogram([len(t) for t in tokens], bins=LENGTH_BINS)[0]
+        return ids
+
+    def add_dataset(self, name: str, tuples: Iterable[TrainingTuple]) -> int:
+        """Tokenize and write one dataset, ``batch_size`` tuples at a time; return its number of queries."""
+        if name in self.datasets:
+            raise TokenizedDataError(f"dataset {name!r} is written twice; give each dataset its own name")
+        if not name or "/" in name or name.startswith("."):
+            raise TokenizedDataError(f"dataset name {name!r} cannot be a folder name; use letters, digits, _ and -")
+        folder = self.tmp / "queries" / name
+        queries = _RaggedWriter(folder)
+        negatives = _RaggedWriter(folder, "neg_ids.bin", "neg_offsets.bin", INDEX_DTYPE)
+        positives = (folder / "positive.bin").open("wb")
+        task_types: set[str] = set()
+        for index, batch in enumerate(_batches(tuples, self.batch_size)):
+            for offset, item in enumerate(batch):  # a clear error naming the row, before anything is tokenized
+                validate_tuple(item, f"dataset {name!r}, tuple {index * self.batch_size + offset}")
+            task_types.update(t.task_type for t in batch)
+            tokens = self._tokenize([format_query(t.query, t.instruction) for t in batch])
+            queries.extend(tokens)
+            self.histogram["queries"] += np.histogram([len(t) for t in tokens], bins=LENGTH_BINS)[0]
+            np.asarray(self._doc_ids([t.positive for t in batch]), INDEX_DTYPE).tofile(positives)
+            flat = self._doc_ids([n for t in batch for n in t.negatives])
+            starts = np.cumsum([0] + [len(t.negatives) for t in batch])
+            negatives.extend([flat[starts[i]:starts[i + 1]] for i in range(len(batch))])
+        queries.close()
+        negatives.close()
+        positives.close()
+        if len(task_types) > 1:
+            raise TokenizedDataError(f"dataset {name!r} mixes task types {sorted(task_types)}: one task type per "
+                                     "dataset (F2LLM draws one dataset per step and its loss depends on the type)")
+        self.datasets[name] = {"rows": queries.count, "task_type": next(iter(task_types), "retrieval"),
+                               "query_tokens": queries.total, "negative_refs": negatives.total}
+        return queries.count
+
+    def close(self) -> dict:
+        """Write the manifest and move the folder into place (replacing an older one); return the manifest."""
+        self.corpus.close()
         manifest = {
-            "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
-            "vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id, "max_length": max_length,
-            "queries_per_dataset": counts, "corpus_size": len(docs),
-            "length_histogram": {
-                "bins": bins,
-                "queries": np.histogram(query_lengths, bins=bins)[0].tolist(),
-                "documents": np.histogram(lengths, bins=bins)[0].tolist(),
-            },
-            **(manifest_extra or {}),
+            "format": FORMAT_VERSION,
+            "tokenizer": tokenizer_identity(self.tokenizer),
+            "max_length": self.max_length,
+            "datasets": self.datasets,
+            "queries_per_dataset": {name: info["rows"] for name, info in self.datasets.items()},
+            "corpus_size": self.corpus.count,
+            "corpus_tokens": self.corpus.total,
+            "length_histogram": {"bins": LENGTH_BINS[:-1] + ["inf"],
+                                 **{k: v.tolist() for k, v in self.histogram.items()}},
+            **self.extra,
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
+        (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        self.doc_ids.clear()
+        if self.out_dir.exists():
+            old = self.out_dir.with_name(f".{self.out_dir.name}-old-{os.getpid()}")
+            os.rename(self.out_dir, old)  # both renames are atomic; the old folder goes only once the new one is in
+            os.rename(self.tmp, self.out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(self.tmp, self.out_dir)
         return manifest
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    def abort(self) -> None:
+        self.corpus.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def write_training_files(datasets: dict[str, Iterable[TrainingTuple]], tokenizer, out_dir: str | Path,
+                         max_length: int, manifest_extra: dict | None = None, batch_size: int = 1024) -> dict:
+    """Write every dataset (any iterable of tuples: lists, or generators that stream from disk) to ``out_dir``."""
+    writer = TokenizedWriter(out_dir, tokenizer, max_length, batch_size, manifest_extra)
+    try:
+        for name, tuples in datasets.items():
+            writer.add_dataset(name, tuples)
+        return writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+@dataclass
+class Ragged:
+    """Memory-mapped variable-length rows: row i is ``values[offsets[i]:offsets[i + 1]]``."""
+
+    values: np.ndarray
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.values[self.offsets[index]:self.offsets[index + 1]]
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def _ragged(folder: Path, values: str = "tokens.bin", offsets: str = "offsets.bin", dtype=TOKEN_DTYPE) -> Ragged:
+    offsets_array = np.fromfile(folder / offsets, dtype=INDEX_DTYPE) if (folder / offsets).stat().st_size < 1 << 16 \
+        else np.memmap(folder / offsets, dtype=INDEX_DTYPE, mode="r")
+    size = (folder / values).stat().st_size
+    values_array = np.memmap(folder / values, dtype=dtype, mode="r") if size else np.zeros(0, dtype)
+    return Ragged(values_array, offsets_array)
+
+
+@dataclass
+class DatasetArrays:
+    name: str
+    task_type: str
+    queries: Ragged
+    positive: np.ndarray
+    negatives: Ragged
+
+
+class TokenizedData:
+    """A data folder opened for reading: memory maps only (milliseconds, a few KB of RSS, whatever the size)."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.data_dir = Path(data_dir)
+        manifest_path = self.data_dir / "manifest.json"
+        if not manifest_path.is_file():
+            hint = " (an older format: re-run the data pipeline)" if (self.data_dir / "corpus.parquet").exists() \
+                else ""
+            raise TokenizedDataError(f"{self.data_dir}: no manifest.json{hint}; this should be the 'tokenized' folder "
+                                     "the data pipeline writes (python -m f2llm_lib.data.pipeline RECIPE --out DIR)")
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise TokenizedDataError(f"{manifest_path}: not valid JSON ({exc}); re-run the data pipeline") from exc
+        if self.manifest.get("format") != FORMAT_VERSION:
+            raise TokenizedDataError(f"{self.data_dir}: data format {self.manifest.get('format')!r}, this library "
+                                     f"reads format {FORMAT_VERSION}; re-run the data pipeline")
+        try:
+            self.corpus = _ragged(self.data_dir / "corpus")
+            self.datasets = {}
+            for name, info in self.manifest["datasets"].items():
+                folder = self.data_dir / "queries" / name
+                self.datasets[name] = DatasetArrays(
+                    name, info["task_type"], _ragged(folder),
+                    np.memmap(folder / "positive.bin", dtype=INDEX_DTYPE, mode="r") if info["rows"]
+                    else np.zeros(0, INDEX_DTYPE),
+                    _ragged(folder, "neg_ids.bin", "neg_offsets.bin", INDEX_DTYPE))
+        except (FileNotFoundError, KeyError) as exc:
+            raise TokenizedDataError(f"{self.data_dir}: incomplete data folder ({exc}); re-run the data "
+                                     "pipeline") from exc
+        for name, arrays in self.datasets.items():
+            rows = self.manifest["datasets"][name]["rows"]
+            if not len(arrays.queries) == len(arrays.positive) == len(arrays.negatives) == rows:
+                raise TokenizedDataError(f"{self.data_dir}: dataset {name!r} has inconsistent files (manifest says "
+                                         f"{rows} rows); re-run the data pipeline")
+
+    @property
+    def max_length(self) -> int:
+        return int(self.manifest["max_length"])
+
+    @property
+    def tokenizer(self) -> dict:
+        return self.manifest["tokenizer"]

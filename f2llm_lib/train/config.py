@@ -22,6 +22,8 @@ class TrainConfig:
     stop_after: int = 0  # stop after this many steps of the same schedule (0: run to max_steps); for comparisons
     per_device_batch: int = 8  # queries per process per micro-batch (F2LLM: 16)
     num_negatives: int = 7  # hard negatives sampled per query from the stored ones (F2LLM: 7 retrieval)
+    clustering_negatives: int = 0  # negatives per clustering query (F2LLM-v2: 9; 0: num_negatives); classification: 1
+    sampling: str = "per_query"  # per_query, or released: F2LLM's fixed dataset weights + one negative draw per batch
     grad_accum: int = 1
     lr: float = 2e-5  # F2LLM-4B: 8e-6
     min_lr: float = 1e-7
@@ -36,8 +38,9 @@ class TrainConfig:
     stop_grad_gather: bool = False  # True reproduces the released code's non-differentiable gather
     mixed_precision: str = "no"  # no, bf16, fp16 (GPU)
     gradient_checkpointing: bool = False
-    max_length: int = 256
+    max_length: int = 0  # tokens per text, EOS last (F2LLM: 1024); at most the data's; 0: the data's own
     val_fraction: float = 0.01
+    val_batches: int = 8  # validation batches per dataset at each evaluation (0: every held-out row)
     eval_every: int = 50
     save_every: int = 50
     log_every: int = 1
@@ -65,4 +68,6 @@ class TrainConfig:
         config = cls(**data)
         if config.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError(f"{source}: mixed_precision must be no, bf16 or fp16")
+        if config.sampling not in ("per_query", "released"):
+            raise ConfigError(f"{source}: sampling must be per_query or released, got {config.sampling!r}")
         return config

@@ -1,12 +1,22 @@
-"""The multitask loader: one dataset per step, drawn with probability proportional to its remaining batches.
+"""The multitask loader: one dataset per step, batches read from memory-mapped token arrays.
 
-- Every rank builds the same plan: per epoch, each dataset's rows are shuffled by an RNG seeded with
-  (seed, epoch), cut into global batches of ``per_device_batch x world_size``, and the order of (dataset, batch)
-  is drawn from another (seed, epoch) RNG. Rank r takes the r-th slice of each global batch.
-- Negatives: ``num_negatives`` sampled from the stored ones, by an RNG seeded with (seed, epoch, query id), so
-  the same query gets the same negatives whatever the world size.
-- 1% of every dataset (``val_fraction``) is held out for per-dataset validation losses.
+- Every rank builds the same plan: per epoch, each dataset's training rows are shuffled by an RNG seeded with
+  (seed, epoch, dataset), cut into global batches of ``per_device_batch x world_size``, and the order of
+  (dataset, batch) is drawn from another (seed, epoch) RNG. Rank r takes the r-th slice of each global batch, so
+  N processes with B queries each see exactly the batches of one process with N x B queries.
+- ``sampling`` (see ../shared/F2LLM_FACTS.md, sections 4 and 5):
+  ``per_query`` (default): a dataset's draw probability is proportional to its remaining batches; each query draws
+  its own negatives from its stored ones, seeded by (seed, epoch, dataset, row);
+  ``released``: as the released F2LLM code: the probabilities are fixed at the epoch's start (proportional to the
+  batch counts; an exhausted dataset leaves the draw), and one set of negative indices is drawn per batch and
+  shared by all its queries.
+- Negatives per task type: ``num_negatives`` for retrieval, ``clustering_negatives`` for clustering (F2LLM-v2: 9),
+  always 1 for classification (F2LLM: the one other label).
+- ``max_length`` truncates each text as F2LLM's collate does: its first max_length - 1 tokens, then EOS.
+- Some rows of every dataset (``val_fraction``) are held out for per-dataset validation losses.
 - The position (epoch, step in epoch) is the whole state: a resumed run continues mid-epoch exactly.
+Nothing is loaded: the corpus and queries stay memory-mapped (``data.tokenized``), so a loader over billions of
+tokens starts in milliseconds and each rank's memory holds only its plan (8 bytes per query) and one batch.
 """
 
 from __future__ import annotations
@@ -15,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
-from ..tokenization import pad_batch
+from ..data.tokenized import TokenizedData, TokenizedDataError
+
+SAMPLING = ("per_query", "released")
 
 
 @dataclass
@@ -42,39 +53,73 @@ class Batch:
 
 class MultitaskLoader:
     def __init__(self, data_dir: str | Path, per_device_batch: int, num_negatives: int, pad_id: int,
-                 rank: int = 0, world_size: int = 1, seed: int = 0, val_fraction: float = 0.01) -> None:
-        data_dir = Path(data_dir)
-        corpus = pq.read_table(data_dir / "corpus.parquet").to_pydict()
-        self.corpus = dict(zip(corpus["doc_id"], corpus["input_ids"], strict=True))
-        self.per_device_batch, self.num_negatives, self.pad_id = per_device_batch, num_negatives, pad_id
+                 rank: int = 0, world_size: int = 1, seed: int = 0, val_fraction: float = 0.01,
+                 max_length: int | None = None, sampling: str = "per_query", clustering_negatives: int = 0,
+                 eos_id: int | None = None) -> None:
+        if sampling not in SAMPLING:
+            raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
+        self.data = TokenizedData(data_dir)
+        self.data_dir = Path(data_dir)
+        self.max_length = max_length or self.data.max_length
+        if self.max_length > self.data.max_length:
+            raise TokenizedDataError(f"max_length {self.max_length} is more than the {self.data.max_length} tokens "
+                                     f"per text that {self.data_dir} holds (tokenized at that length): lower "
+                                     "max_length, or re-tokenize with --max-length")
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2 (one token + EOS), got {self.max_length}")
+        self.per_device_batch, self.pad_id, self.sampling = per_device_batch, pad_id, sampling
+        self.eos_id = self.data.tokenizer["eos_token_id"] if eos_id is None else eos_id
+        self.negatives_by_task = {"retrieval": num_negatives, "clustering": clustering_negatives or num_negatives,
+                                  "classification": 1}
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.global_batch = per_device_batch * world_size
-        self.train, self.val = {}, {}
-        for path in sorted((data_dir / "queries").glob("*.parquet")):
-            rows = pq.read_table(path).to_pylist()
-            order = np.random.default_rng([seed, 999]).permutation(len(rows))
-            n_val = int(len(rows) * val_fraction) if len(rows) * val_fraction >= 1 else 0
-            self.val[path.stem] = [rows[i] for i in order[:n_val]]
-            self.train[path.stem] = [rows[i] for i in order[n_val:]]
-        self.datasets = [name for name, rows in self.train.items() if len(rows) >= self.global_batch]
+        self.dataset_index = {name: index for index, name in enumerate(sorted(self.data.datasets))}
+        self.train_rows: dict[str, np.ndarray] = {}
+        self.val_rows: dict[str, np.ndarray] = {}
+        for name, index in self.dataset_index.items():
+            n = len(self.data.datasets[name].queries)
+            order = np.random.default_rng([seed, 999, index]).permutation(n)
+            n_val = int(n * val_fraction) if n * val_fraction >= 1 else 0
+            self.val_rows[name], self.train_rows[name] = np.sort(order[:n_val]), order[n_val:]
+        self.datasets = [name for name, rows in self.train_rows.items() if len(rows) >= self.global_batch]
         if not self.datasets:
-            raise ValueError(f"{data_dir}: no dataset has a full global batch of {self.global_batch} queries")
+            sizes = {name: len(rows) for name, rows in self.train_rows.items()}
+            raise TokenizedDataError(f"{self.data_dir}: no dataset has a full global batch of {self.global_batch} "
+                                     f"queries (per_device_batch {per_device_batch} x {world_size} processes); "
+                                     f"training rows per dataset: {sizes}. Lower per_device_batch or add data")
+        self._check_negatives()
         self.epoch, self.step_in_epoch = 0, 0
         self._plan_epoch = -1
+
+    def _check_negatives(self) -> None:
+        """Every query must store at least as many negatives as its task type asks for: checked now, not mid-run."""
+        for name in self.datasets:
+            arrays = self.data.datasets[name]
+            needed = self.negatives_by_task[arrays.task_type]
+            if needed and len(arrays.negatives):
+                fewest = int(arrays.negatives.lengths().min())
+                if fewest < needed:
+                    raise TokenizedDataError(
+                        f"{self.data_dir}: dataset {name!r} ({arrays.task_type}) stores as few as {fewest} negatives "
+                        f"for a query, but {needed} are asked for; lower num_negatives (clustering_negatives for "
+                        "clustering) or mine more negatives")
 
     # -- plan -----------------------------------------------------------------------------------------------
     def _plan(self, epoch: int) -> list[tuple[str, np.ndarray]]:
         batches = {}
         for index, name in enumerate(self.datasets):
-            perm = np.random.default_rng([self.seed, epoch, index]).permutation(len(self.train[name]))
+            rows = self.train_rows[name]
+            perm = rows[np.random.default_rng([self.seed, epoch, index]).permutation(len(rows))]
             n = len(perm) // self.global_batch
-            batches[name] = [perm[i * self.global_batch:(i + 1) * self.global_batch] for i in range(n)]
+            batches[name] = perm[: n * self.global_batch].reshape(n, self.global_batch)
         rng = np.random.default_rng([self.seed, epoch, 12345])
-        remaining = {name: len(b) for name, b in batches.items()}
+        initial = {name: len(b) for name, b in batches.items()}
+        remaining = dict(initial)
         plan, taken = [], dict.fromkeys(batches, 0)
         while any(remaining.values()):
             names = [n for n in self.datasets if remaining[n] > 0]
-            weights = np.array([remaining[n] for n in names], dtype=float)
+            # per_query: proportional to what is left; released: to the epoch's starting counts (fixed weights)
+            weights = np.array([(remaining if self.sampling == "per_query" else initial)[n] for n in names], float)
             name = names[rng.choice(len(names), p=weights / weights.sum())]
             plan.append((name, batches[name][taken[name]]))
             taken[name] += 1
@@ -82,25 +127,49 @@ class MultitaskLoader:
         return plan
 
     def steps_per_epoch(self) -> int:
-        return sum(len(self.train[n]) // self.global_batch for n in self.datasets)
+        return sum(len(self.train_rows[n]) // self.global_batch for n in self.datasets)
 
     # -- batches --------------------------------------------------------------------------------------------
-    def _negatives(self, row: dict, epoch: int, count: int) -> list[int]:
-        stored = row["negative_doc_ids"]
-        if len(stored) < count:
-            raise ValueError(f"query {row['query_id']} has {len(stored)} stored negatives, fewer than {count}; "
-                             "lower num_negatives or mine more")
-        rng = np.random.default_rng([self.seed, epoch, int(row["query_id"]), 7])
-        return [stored[i] for i in sorted(rng.choice(len(stored), count, replace=False))]
+    def _text(self, tokens: np.ndarray) -> np.ndarray:
+        """F2LLM's collate: at most max_length tokens, the last one EOS (the stored EOS, or a forced one)."""
+        if len(tokens) <= self.max_length:
+            return tokens
+        return np.concatenate([tokens[: self.max_length - 1], np.asarray([self.eos_id], tokens.dtype)])
 
-    def collate(self, name: str, rows: list[dict], epoch: int) -> Batch:
-        task = rows[0]["task_type"]
-        k = 1 if task == "classification" else self.num_negatives  # F2LLM: one negative label for classification
-        negatives = [doc for r in rows for doc in self._negatives(r, epoch, k)]
-        sequences = ([r["input_ids"] for r in rows] + [self.corpus[r["positive_doc_id"]] for r in rows]
-                     + [self.corpus[d] for d in negatives])
-        input_ids, mask, lengths = pad_batch(sequences, self.pad_id)
-        return Batch(name, task, input_ids, mask, lengths, len(rows), k)
+    def _negative_ids(self, name: str, rows: np.ndarray, epoch: int, k: int,
+                      shared: tuple[int, int] | None) -> list[int]:
+        arrays = self.data.datasets[name]
+        if shared is not None:  # released: one draw of k positions for the whole global batch
+            step, stored = shared
+            picks = np.sort(np.random.default_rng([self.seed, epoch, step, 7]).choice(stored, k, replace=False))
+            return [int(arrays.negatives[int(r)][p]) for r in rows for p in picks]
+        out = []
+        index = self.dataset_index[name]
+        for r in rows:
+            stored = arrays.negatives[int(r)]
+            picks = np.sort(np.random.default_rng([self.seed, epoch, index, int(r), 7]).choice(len(stored), k,
+                                                                                             replace=False))
+            out += [int(stored[p]) for p in picks]
+        return out
+
+    def collate(self, name: str, rows: np.ndarray, epoch: int, shared: tuple[int, int] | None = None) -> Batch:
+        """The batch of these rows: queries, their positives, their negatives (``shared``: the released sampling's
+        (step, fewest stored negatives in the global batch), so every rank draws the same positions)."""
+        arrays = self.data.datasets[name]
+        k = self.negatives_by_task[arrays.task_type]
+        doc_ids = [int(arrays.positive[int(r)]) for r in rows]
+        doc_ids += self._negative_ids(name, rows, epoch, k, shared) if k else []
+        texts = [self._text(arrays.queries[int(r)]) for r in rows] + [self._text(self.data.corpus[d]) for d in doc_ids]
+        lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+        if lengths.min() == 0:
+            raise TokenizedDataError(f"{self.data_dir}: an empty text in dataset {name!r}; re-run the data pipeline")
+        width = int(lengths.max())
+        input_ids = np.full((len(texts), width), self.pad_id, dtype=np.int64)
+        for row, tokens in enumerate(texts):
+            input_ids[row, : len(tokens)] = tokens
+        lengths_t = torch.from_numpy(lengths)
+        mask = (torch.arange(width)[None, :] < lengths_t[:, None]).long()  # from lengths, never from ids
+        return Batch(name, arrays.task_type, torch.from_numpy(input_ids), mask, lengths_t, len(rows), k)
 
     def next_batch(self) -> Batch:
         if self._plan_epoch != self.epoch:
@@ -110,15 +179,27 @@ class MultitaskLoader:
             return self.next_batch()
         name, global_rows = self._current_plan[self.step_in_epoch]
         local = global_rows[self.rank * self.per_device_batch:(self.rank + 1) * self.per_device_batch]
-        batch = self.collate(name, [self.train[name][i] for i in local], self.epoch)
+        shared = None
+        if self.sampling == "released":  # the positions come from the global batch, the same on every rank
+            negatives = self.data.datasets[name].negatives
+            shared = (self.step_in_epoch, int(min(len(negatives[int(r)]) for r in global_rows)))
+        batch = self.collate(name, local, self.epoch, shared)
         self.step_in_epoch += 1
         return batch
 
-    def validation_batches(self) -> list[Batch]:
-        """One batch per dataset with held-out rows (each rank evaluates all of them: they are few)."""
-        return [self.collate(name, rows, 0) for name, rows in self.val.items() if len(rows) >= 2]
+    def validation_batches(self, max_batches: int = 0) -> list[Batch]:
+        """Per dataset, the held-out rows in batches of per_device_batch (each rank evaluates all of them), at most
+        ``max_batches`` per dataset (0: all)."""
+        out = []
+        for name, rows in self.val_rows.items():
+            if len(rows) < 2:
+                continue
+            chunks = [rows[i:i + max(2, self.per_device_batch)] for i in range(0, len(rows), self.per_device_batch)]
+            chunks = [c for c in chunks if len(c) >= 2][: max_batches or None]
+            out += [self.collate(name, chunk, 0) for chunk in chunks]
+        return out
 
-    # -- checkpointing (accelerate's register_for_checkpointing) -------------------------------------------
+    # -- checkpointing: plain JSON, never a pickle -----------------------------------------------------------
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch}
 

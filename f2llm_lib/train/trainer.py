@@ -24,12 +24,15 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from ..backbones import load_backbone
+from ..backbones import load_backbone, load_tokenizer
 from ..losses import contrastive_loss, mrl_levels, mrl_weights
 from ..losses.chunked import chunked_loss
 from ..model import F2LLMEncoder
+from ..tokenization import check_same_tokenizer
 from .config import TrainConfig
 from .loader import Batch, MultitaskLoader
+
+LOADER_STATE = "loader_state.json"
 
 
 def cosine_with_floor(config: TrainConfig):
@@ -105,23 +108,28 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dic
                               step_scheduler_with_optimizer=False)  # we step it once per optimizer step
     _fix_cpu_deepspeed_layout(accelerator)
     set_seed(config.seed)
+    # The data first (memory maps: instant), checked against the backbone's tokenizer before any weights load.
+    tokenizer = load_tokenizer(config.model)
+    loader = MultitaskLoader(config.data_dir, config.per_device_batch, config.num_negatives, tokenizer.pad_token_id,
+                             accelerator.process_index, accelerator.num_processes, config.seed, config.val_fraction,
+                             max_length=config.max_length or None, sampling=config.sampling,
+                             clustering_negatives=config.clustering_negatives, eos_id=tokenizer.eos_token_id)
+    check_same_tokenizer(loader.data.tokenizer, tokenizer, f"the data in {config.data_dir}", config.model)
     model, tokenizer = load_backbone(config.model, num_layers=config.num_layers or None, seed=config.seed)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
-    encoder = F2LLMEncoder(model, tokenizer, max_length=config.max_length)
-    loader = MultitaskLoader(config.data_dir, config.per_device_batch, config.num_negatives, tokenizer.pad_token_id,
-                             accelerator.process_index, accelerator.num_processes, config.seed, config.val_fraction)
+    encoder = F2LLMEncoder(model, tokenizer, max_length=loader.max_length)
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_floor(config))
     configure_deepspeed(accelerator, config)
     encoder, optimizer, scheduler = accelerator.prepare(encoder, optimizer, scheduler)
-    accelerator.register_for_checkpointing(loader)
     start = 0
     checkpoint = latest_checkpoint(output_dir) if resume else None
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
+        loader.load_state_dict(json.loads((checkpoint / LOADER_STATE).read_text()))
         start = int(checkpoint.name.split("_")[1])
         accelerator.print(f"[train] resumed from {checkpoint} at step {start}")
     accelerator.init_trackers("f2llm", config={k: v for k, v in vars(config).items()})
@@ -169,7 +177,7 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dic
             bar.set_postfix(loss=f"{mean_loss:.3f}", ds=batch.dataset[:12])
         history.append(record)
         if (step + 1) % config.save_every == 0 or step + 1 == last:
-            save_checkpoint(accelerator, output_dir, step + 1)
+            save_checkpoint(accelerator, output_dir, step + 1, loader)
         if kill_after and step + 1 == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
     result = {"steps": last, "history": history}
@@ -182,11 +190,13 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dic
     return result
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int) -> None:
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, loader: MultitaskLoader) -> None:
     folder = output_dir / "checkpoints" / f"step_{step}"
     accelerator.save_state(str(folder))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        # the loader's position as JSON (the same on every rank), not through accelerate's pickled custom objects
+        (folder / LOADER_STATE).write_text(json.dumps(loader.state_dict()))
         (folder / ".complete").touch()  # a checkpoint cut short by a crash is never resumed from
 
 
@@ -196,7 +206,7 @@ def validate(encoder, loader: MultitaskLoader, config: TrainConfig, accelerator:
     was_training = encoder.training
     encoder.eval()
     out = {}
-    for batch in loader.validation_batches():
+    for batch in loader.validation_batches(config.val_batches):
         emb = encoder(batch.input_ids.to(accelerator.device), batch.attention_mask.to(accelerator.device),
                       batch.lengths.to(accelerator.device))
         size, k, dim = batch.batch_size, batch.num_negatives, emb.shape[1]
