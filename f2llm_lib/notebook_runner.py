@@ -33,7 +33,8 @@ RUNNER_PARAMETERS = ("OUTPUT_DIR",)
 # The main job chains notebooks: parameter <- (earlier notebook, key of its results.json), applied when that
 # notebook ran earlier in the same run and the profile does not set the parameter itself.
 CHAIN = {
-    "03_multi_gpu_finetuning": {"DATA_DIR": ("01_data_curation", "tokenized_dir")},
+    "03_multi_gpu_finetuning": {"DATA_DIR": ("01_data_curation", "tokenized_dir"),
+                                "BACKBONE": ("01_data_curation", "backbone")},
     "04_mteb_evaluation": {"CHECKPOINT": ("03_multi_gpu_finetuning", "checkpoint"),
                            "BACKBONE": ("03_multi_gpu_finetuning", "backbone"),
                            "NUM_LAYERS": ("03_multi_gpu_finetuning", "num_layers")},

@@ -25,7 +25,13 @@ def tokenize_with_eos(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], 
     if not texts:
         return []
     eos = tokenizer.eos_token_id
-    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+    backend = getattr(tokenizer, "_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        # the Rust tokenizer straight away: the same ids as tokenizer(texts, add_special_tokens=False), without
+        # transformers' per-text Python conversion (a third of the time when tokenizing millions of texts)
+        encoded = [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+    else:
+        encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
     # Truncate to max_length - 1 text tokens, then append EOS: the last token is EOS even after truncation.
     return [ids[: max_length - 1] + [eos] for ids in encoded]
 

@@ -43,3 +43,14 @@ def test_batched_embedding_equals_one_at_a_time(tiny):
 def test_query_instruction_format():
     assert format_query("q", "Find code") == "Instruct: Find code\nQuery: q"
     assert format_query("doc", None) == "doc"
+
+
+def test_fast_path_gives_the_same_ids_as_the_tokenizer_call(tiny):
+    from f2llm_lib.backbones import load_tokenizer
+    from f2llm_lib.tokenization import tokenize_with_eos
+
+    texts = ["def f(x):\n    return x", "  leading spaces and ünïcödé", "Instruct: find\nQuery: a b c", "x" * 300]
+    for tokenizer in (tiny[1], load_tokenizer("tiny-qwen3-bpe")):
+        slow = [ids[:63] + [tokenizer.eos_token_id] for ids in
+                tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]]
+        assert tokenize_with_eos(tokenizer, texts, 64) == slow

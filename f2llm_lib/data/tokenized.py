@@ -37,6 +37,7 @@ from .schema import TrainingTuple, validate_tuple
 FORMAT_VERSION = 2
 LENGTH_BINS = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 1 << 20]
 TOKEN_DTYPE, INDEX_DTYPE = np.int32, np.int64
+POOL_AFTER_BATCHES = 32  # tokenizing processes start once a write shows itself large (32 batches of tuples)
 
 
 class TokenizedDataError(ValueError):
@@ -70,11 +71,33 @@ class _RaggedWriter:
         self.offsets.close()
 
 
+_WORKER_TOKENIZER = None
+
+
+def _start_tokenizer_worker(tokenizer, max_length: int) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process: the processes are the parallelism
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = (tokenizer, max_length)
+
+
+def _tokenize_job(query_texts: list[str], doc_texts: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    tokenizer, max_length = _WORKER_TOKENIZER
+    return _tokenize_arrays(tokenizer, query_texts, max_length), _tokenize_arrays(tokenizer, doc_texts, max_length)
+
+
+def _tokenize_arrays(tokenizer, texts: list[str], max_length: int) -> list[np.ndarray]:
+    return [np.asarray(ids, TOKEN_DTYPE) for ids in tokenize_with_eos(tokenizer, texts, max_length)]
+
+
 class TokenizedWriter:
-    """Stream datasets of tuples into a data folder: ``add_dataset(name, tuples)`` per dataset, then ``close()``."""
+    """Stream datasets of tuples into a data folder: ``add_dataset(name, tuples)`` per dataset, then ``close()``.
+
+    The main process validates, de-duplicates and assigns doc ids batch by batch; tokenization runs in ``workers``
+    processes (default: one per spare CPU, none on a single CPU) on the batches behind it, and the results are
+    written in order, so the files are the same whatever the number of workers."""
 
     def __init__(self, out_dir: str | Path, tokenizer, max_length: int, batch_size: int = 1024,
-                 manifest_extra: dict | None = None) -> None:
+                 manifest_extra: dict | None = None, workers: int | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}-tokenizing-", dir=self.out_dir.parent))
@@ -85,13 +108,29 @@ class TokenizedWriter:
         self.datasets: dict[str, dict] = {}
         self.histogram = {"queries": np.zeros(len(LENGTH_BINS) - 1, np.int64),
                           "documents": np.zeros(len(LENGTH_BINS) - 1, np.int64)}
+        self.workers = min(4, (os.cpu_count() or 1) - 1) if workers is None else workers
+        self.pool = None
+        self.batches_seen = 0
+        self.depth = 2 * self.workers + 1  # batches in flight: every worker busy, memory still bounded
 
-    def _tokenize(self, texts: list[str]) -> list[list[int]]:
-        return tokenize_with_eos(self.tokenizer, texts, self.max_length) if texts else []
+    def _submit(self, query_texts: list[str], doc_texts: list[str]):
+        self.batches_seen += 1
+        if self.pool is None and self.workers > 0 and self.batches_seen > POOL_AFTER_BATCHES:
+            # started only for large inputs: a fresh process takes seconds to import the tokenizer's libraries
+            from concurrent.futures import ProcessPoolExecutor
+            from multiprocessing import get_context
 
-    def _doc_ids(self, texts: list[str]) -> list[int]:
-        """Doc ids of ``texts``; new documents are tokenized and appended to the corpus."""
-        ids, new_texts = [], []
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
+                                            initializer=_start_tokenizer_worker,
+                                            initargs=(self.tokenizer, self.max_length))
+        if self.pool is None:
+            return _tokenize_arrays(self.tokenizer, query_texts, self.max_length), \
+                _tokenize_arrays(self.tokenizer, doc_texts, self.max_length)
+        return self.pool.submit(_tokenize_job, query_texts, doc_texts)
+
+    def _doc_ids(self, texts: list[str], new_texts: list[str]) -> list[int]:
+        """Doc ids of ``texts``; documents not seen before get the next ids and are added to ``new_texts``."""
+        ids = []
         for text in texts:
             key = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
             doc_id = self.doc_ids.get(key)
@@ -99,9 +138,6 @@ class TokenizedWriter:
                 doc_id = self.doc_ids[key] = len(self.doc_ids)
                 new_texts.append(text)
             ids.append(doc_id)
-        tokens = self._tokenize(new_texts)
-        self.corpus.extend(tokens)
-        self.histogram["documents"] += np.histogram([len(t) for t in tokens], bins=LENGTH_BINS)[0]
         return ids
 
     def add_dataset(self, name: str, tuples: Iterable[TrainingTuple]) -> int:
@@ -115,17 +151,32 @@ class TokenizedWriter:
         negatives = _RaggedWriter(folder, "neg_ids.bin", "neg_offsets.bin", INDEX_DTYPE)
         positives = (folder / "positive.bin").open("wb")
         task_types: set[str] = set()
+        pending: list[tuple] = []
+
+        def write_oldest() -> None:
+            job, positive_ids, negative_ids = pending.pop(0)
+            query_tokens, doc_tokens = job.result() if hasattr(job, "result") else job
+            self.corpus.extend(doc_tokens)  # new documents, in doc-id order: batches are written in order
+            self.histogram["documents"] += np.histogram([len(t) for t in doc_tokens], bins=LENGTH_BINS)[0]
+            queries.extend(query_tokens)
+            self.histogram["queries"] += np.histogram([len(t) for t in query_tokens], bins=LENGTH_BINS)[0]
+            positive_ids.tofile(positives)
+            negatives.extend(negative_ids)
+
         for index, batch in enumerate(_batches(tuples, self.batch_size)):
             for offset, item in enumerate(batch):  # a clear error naming the row, before anything is tokenized
                 validate_tuple(item, f"dataset {name!r}, tuple {index * self.batch_size + offset}")
             task_types.update(t.task_type for t in batch)
-            tokens = self._tokenize([format_query(t.query, t.instruction) for t in batch])
-            queries.extend(tokens)
-            self.histogram["queries"] += np.histogram([len(t) for t in tokens], bins=LENGTH_BINS)[0]
-            np.asarray(self._doc_ids([t.positive for t in batch]), INDEX_DTYPE).tofile(positives)
-            flat = self._doc_ids([n for t in batch for n in t.negatives])
+            new_texts: list[str] = []
+            positive_ids = np.asarray(self._doc_ids([t.positive for t in batch], new_texts), INDEX_DTYPE)
+            flat = self._doc_ids([n for t in batch for n in t.negatives], new_texts)
             starts = np.cumsum([0] + [len(t.negatives) for t in batch])
-            negatives.extend([flat[starts[i]:starts[i + 1]] for i in range(len(batch))])
+            job = self._submit([format_query(t.query, t.instruction) for t in batch], new_texts)
+            pending.append((job, positive_ids, [flat[starts[i]:starts[i + 1]] for i in range(len(batch))]))
+            if len(pending) >= self.depth:
+                write_oldest()
+        while pending:
+            write_oldest()
         queries.close()
         negatives.close()
         positives.close()
@@ -153,6 +204,7 @@ class TokenizedWriter:
         }
         (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         self.doc_ids.clear()
+        self._shutdown()
         if self.out_dir.exists():
             old = self.out_dir.with_name(f".{self.out_dir.name}-old-{os.getpid()}")
             os.rename(self.out_dir, old)  # both renames are atomic; the old folder goes only once the new one is in
@@ -163,8 +215,14 @@ class TokenizedWriter:
         return manifest
 
     def abort(self) -> None:
+        self._shutdown()
         self.corpus.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _shutdown(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:
@@ -179,9 +237,11 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
 
 
 def write_training_files(datasets: dict[str, Iterable[TrainingTuple]], tokenizer, out_dir: str | Path,
-                         max_length: int, manifest_extra: dict | None = None, batch_size: int = 1024) -> dict:
-    """Write every dataset (any iterable of tuples: lists, or generators that stream from disk) to ``out_dir``."""
-    writer = TokenizedWriter(out_dir, tokenizer, max_length, batch_size, manifest_extra)
+                         max_length: int, manifest_extra: dict | None = None, batch_size: int = 1024,
+                         workers: int | None = None) -> dict:
+    """Write every dataset (any iterable of tuples: lists, or generators that stream from disk) to ``out_dir``.
+    ``workers``: tokenizing processes (None: one per spare CPU; 0: tokenize in this process)."""
+    writer = TokenizedWriter(out_dir, tokenizer, max_length, batch_size, manifest_extra, workers)
     try:
         for name, tuples in datasets.items():
             writer.add_dataset(name, tuples)
