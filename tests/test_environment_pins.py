@@ -53,3 +53,12 @@ def test_no_deps_package_is_declared_for_conda_users_too():
     conda_text = (REPO_ROOT / "environment.yml").read_text()
     for package in no_deps:
         assert f"pip install --no-deps {package}" in conda_text
+
+
+def test_deepspeed_extra_pin_matches_what_make_installs():
+    extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    pinned = re.search(r"^DEEPSPEED := (.+)$", makefile, re.M).group(1).strip()
+    assert extras["deepspeed"] == [pinned]
+    assert pinned in (REPO_ROOT / "ci" / "constraints.txt").read_text().splitlines()
+    assert f"pip install --no-build-isolation {pinned}" in (REPO_ROOT / "environment.yml").read_text()

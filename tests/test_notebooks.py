@@ -35,7 +35,7 @@ def test_notebook_hygiene(path):
     assert seen == set(params), f"papermill cannot parse {set(params) - seen} (no '=' inside the comment)"
 
 
-@pytest.mark.parametrize("profile", ["smoke", "cpu", "gpu"])
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "gpu", "gpu-qwen3"])
 def test_profiles_only_use_declared_parameters(profile):
     for path in NOTEBOOKS:
         load_profile(profile, path)
@@ -50,6 +50,9 @@ def test_smoke_profile_runs_every_notebook_chained(tmp_path):
         assert results[path.stem]["notebook"] == path.stem
     # chained: 01's tokenized data trained 03, whose checkpoint 04 evaluated
     assert results["03_multi_gpu_finetuning"]["data_dir"] == results["01_data_curation"]["tokenized_dir"]
+    # and the backbone whose tokenizer made 01's data is the one 03 trains and 04 evaluates
+    assert results["01_data_curation"]["backbone"] == results["03_multi_gpu_finetuning"]["backbone"] \
+        == results["04_mteb_evaluation"]["backbone"] == "tiny-qwen3"
     assert results["04_mteb_evaluation"]["checkpoint"] == results["03_multi_gpu_finetuning"]["checkpoint"]
     assert {r["model"] for r in results["04_mteb_evaluation"]["rows"]} >= {"base (untrained)", "finetuned"}
     report = (run_dir / "report.md").read_text()
@@ -57,3 +60,11 @@ def test_smoke_profile_runs_every_notebook_chained(tmp_path):
     timings = json.loads((run_dir / "timings.json").read_text())
     print(timings)
     assert sum(timings["seconds"].values()) < 360, "the smoke profile of all notebooks must stay under 6 minutes"
+
+
+def test_gpu_qwen3_profile_names_a_slice_of_mteb_eng_v2():
+    import mteb
+
+    params = load_profile("gpu-qwen3", next(p for p in NOTEBOOKS if p.stem == "04_mteb_evaluation"))
+    names = {t.metadata.name for t in mteb.get_benchmark("MTEB(eng, v2)").tasks}
+    assert params["RUN_HUB"] and set(params["HUB_TASKS"].split(",")) <= names

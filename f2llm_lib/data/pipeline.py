@@ -90,8 +90,10 @@ def curate(recipe: Recipe, scorer_spec: str | None = None, num_layers: int | Non
     elif recipe.source.get("data_files") == "all":  # the released F2LLM mix: one dataset per file
         built = []
         for file in f2llm_mix_files(recipe):
+            local = recipe.source["kind"] == "local"
             part = replace(recipe, name=Path(file).stem, task_type=infer_task_type(file),
-                           source={**recipe.source, "data_files": file})
+                           source={**recipe.source, **({"path": file, "data_files": None} if local
+                                                       else {"data_files": file})})
             built.append(build_examples(part, read_records(part)))
     else:
         built = [build_examples(recipe, read_records(recipe))]

@@ -255,12 +255,23 @@ def infer_task_type(file_name: str) -> str:
 
 
 def f2llm_mix_files(recipe: Recipe) -> list[str]:
-    """The parquet files of the released mix (needs network): each becomes one dataset, capped separately."""
-    from huggingface_hub import list_repo_files
+    """The parquet files of the released mix: each becomes one dataset, capped separately. From the hub (needs
+    network), or from a local folder holding a downloaded copy (``source: {kind: local, path: DIR,
+    data_files: all}``)."""
+    if recipe.source["kind"] == "local":
+        folder = resolve_path(recipe.source.get("path", ""), recipe)
+        if not folder.is_dir():
+            raise DataError(f"{recipe.path}: source.path {folder} must be a folder of the released parquet files")
+        files = sorted(str(p) for p in folder.glob("*.parquet"))
+        where = str(folder)
+    else:
+        from huggingface_hub import list_repo_files
 
-    files = sorted(f for f in list_repo_files(recipe.source["hub_id"], repo_type="dataset") if f.endswith(".parquet"))
+        files = sorted(f for f in list_repo_files(recipe.source["hub_id"], repo_type="dataset")
+                       if f.endswith(".parquet"))
+        where = recipe.source["hub_id"]
     if not files:
-        raise DataError(f"{recipe.path}: no parquet files in {recipe.source['hub_id']}")
+        raise DataError(f"{recipe.path}: no parquet files in {where}")
     return files
 
 

@@ -9,8 +9,9 @@ words, passages of 30-90 words (MS MARCO's average is about 56 words; here about
 other queries' passages as mining draws them from the corpus, so the corpus de-duplicates to about one document per
 query. The tuples are generated on demand (a stream, as when reading the released parquet files row group by row group),
 tokenized with SmolLM2's tokenizer, and written by the streaming writer. Each measurement runs in a fresh process:
-peak RSS is that process's own. Writes ``scale.csv`` and ``scale.png`` (log-log), and prints the fitted exponent of
-time against size.
+peak RSS is that process's own. Loader memory: RSS growth once started (plan built, first batch), its private
+(anonymous) part, and the growth after 50 more batches (pages of the mapped files, shared page cache).
+Writes ``scale.csv``, ``scale.png`` (log-log) and ``scale_fit.json`` (fitted exponents of time against size).
 """
 
 from __future__ import annotations
@@ -72,9 +73,14 @@ class SyntheticF2LLM:
                                 [self._text(*passages, int(j)) for j in others])
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _rss_mb(kind: str = "VmRSS") -> float:
+    """Resident memory now: all of it (VmRSS), or only the private, anonymous part (RssAnon, which excludes pages
+    of memory-mapped files: those are the page cache, shared by every process that maps the same data)."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(kind + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(kind)
 
 
 def _peak_rss_mb() -> float:
@@ -105,17 +111,20 @@ def measure_load(data_dir: Path) -> dict:
 
     from ..train.loader import MultitaskLoader
 
-    before = _rss_mb()
+    before, before_anon = _rss_mb(), _rss_mb("RssAnon")
     start = time.perf_counter()
     loader = MultitaskLoader(data_dir, 16, 7, 0, seed=0, val_fraction=0.01)
     loader.next_batch()  # the first batch builds the epoch's plan: part of starting
     start_seconds = time.perf_counter() - start
+    started, started_anon = _rss_mb() - before, _rss_mb("RssAnon") - before_anon
     times = []
     for _ in range(50):
         tic = time.perf_counter()
         batch = loader.next_batch()
         times.append(time.perf_counter() - tic)
-    return {"loader_start_seconds": round(start_seconds, 3), "loader_rss_growth_mb": round(_rss_mb() - before, 1),
+    return {"loader_start_seconds": round(start_seconds, 3), "loader_rss_growth_mb": round(started, 1),
+            "loader_anon_growth_mb": round(started_anon, 1),
+            "rss_growth_after_50_batches_mb": round(_rss_mb() - before, 1),
             "batch_ms": round(1000 * statistics.median(times), 3), "batch_texts": int(batch.input_ids.shape[0])}
 
 

@@ -1,7 +1,15 @@
-"""Our encoder as an mteb model, with a name and revision unique to each checkpoint.
+"""Our encoder as an mteb model: F2LLM's own registered prompts, and a name and revision unique to each checkpoint.
 
-mteb caches results by model name and revision. A finetuned checkpoint evaluated under its base model's name would
-silently get the base model's cached scores, so the revision here is a hash of the weights themselves.
+Prompts: the F2LLM authors registered their models in mteb (``mteb/models/model_implementations/codefuse_models.py``:
+``prompts_dict`` for the 41 tasks of MTEB(eng, v2), ``instruction_template``, ``add_eos_token=True``, no instruction
+on documents). Scores are comparable with the published ones only with exactly those strings, so the text embedded
+for a task in that table is built by mteb's own code path (``AbsEncoder.get_task_instruction`` with the registered
+entry's settings); our own rule (``instructions.instruction_for``) is kept only for tasks the entry has no prompt
+for (the offline pycode tasks, other local tasks). EOS: our encoder appends it to every text, as the entry's
+``add_eos_token`` does.
+
+Caching: mteb caches results by model name and revision. A finetuned checkpoint evaluated under its base model's name
+would silently get the base model's cached scores, so the revision here is a hash of the weights themselves.
 """
 
 from __future__ import annotations
@@ -11,11 +19,18 @@ import hashlib
 import numpy as np
 import torch
 from mteb.models.abs_encoder import AbsEncoder
+from mteb.models.model_implementations.codefuse_models import F2LLM_0B6
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
-from ..model import F2LLMEncoder
+from ..model import QUERY_TEMPLATE, F2LLMEncoder
 from .instructions import instruction_for
+
+# The F2LLM authors' registered entry (the same settings for 0.6B, 1.7B and 4B).
+REGISTERED_ENTRY = F2LLM_0B6
+REGISTERED_SETTINGS = REGISTERED_ENTRY.loader_kwargs
+# F2LLM's evaluation length in mteb (the gpu profile uses it; CPU profiles a shorter one).
+F2LLM_EVAL_MAX_LENGTH = int(REGISTERED_SETTINGS.get("max_seq_length", 8192))
 
 
 def weights_revision(model: torch.nn.Module) -> str:
@@ -28,11 +43,14 @@ def weights_revision(model: torch.nn.Module) -> str:
 
 
 class F2LLMMtebModel(AbsEncoder):
-    """Instruction on queries only for retrieval/reranking, on every input for symmetric tasks; EOS pooling."""
+    """F2LLM's registered prompts for MTEB tasks, our rule for the others; EOS pooling."""
 
     def __init__(self, encoder: F2LLMEncoder, name: str, batch_size: int = 32, revision: str | None = None) -> None:
         self.model = encoder
         self.batch_size = batch_size
+        self.instruction_template = REGISTERED_SETTINGS["instruction_template"]
+        self.prompts_dict = dict(REGISTERED_SETTINGS["prompts_dict"])
+        self.apply_instruction_to_passages = REGISTERED_SETTINGS.get("apply_instruction_to_passages", True)
         self.mteb_model_meta = ModelMeta.create_empty({
             "name": f"f2llm-local/{name}", "revision": revision or weights_revision(encoder.backbone),
             "embed_dim": encoder.dim, "max_tokens": encoder.max_length, "similarity_fn_name": ScoringFunction.COSINE,
@@ -40,9 +58,23 @@ class F2LLMMtebModel(AbsEncoder):
             "n_parameters": sum(p.numel() for p in encoder.parameters()),
         })
 
+    def input_prefix(self, task_metadata, prompt_type: PromptType | None) -> str:
+        """What is written before every text of this task and side (the registered entry's rule where it has a
+        prompt for the task, as mteb's InstructSentenceTransformerModel.encode builds it; ours elsewhere)."""
+        if task_metadata.name in self.prompts_dict:
+            instruction = self.get_task_instruction(task_metadata, prompt_type)
+            if not self.apply_instruction_to_passages and prompt_type == PromptType.document:
+                instruction = None
+            return instruction or ""
+        ours = instruction_for(task_metadata.name, task_metadata.type, prompt_type in (None, PromptType.query))
+        return QUERY_TEMPLATE.format(instruction=ours, text="") if ours else ""
+
+    def input_texts(self, texts: list[str], task_metadata, prompt_type: PromptType | None) -> list[str]:
+        """The exact strings embedded (EOS is appended to their token ids)."""
+        prefix = self.input_prefix(task_metadata, prompt_type)
+        return [prefix + text for text in texts]
+
     def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type: PromptType | None = None,
                **kwargs) -> np.ndarray:
         texts = [text for batch in inputs for text in batch["text"]]
-        is_query = prompt_type in (None, PromptType.query)
-        instruction = instruction_for(task_metadata.name, task_metadata.type, is_query)
-        return self.model.encode(texts, instruction=instruction, batch_size=self.batch_size)
+        return self.model.encode(self.input_texts(texts, task_metadata, prompt_type), batch_size=self.batch_size)

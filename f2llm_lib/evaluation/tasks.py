@@ -2,9 +2,10 @@
 
 - ``pycode_tasks()``: the held-out pycode modules as Retrieval (nDCG@10), Clustering (V-measure) and
   Classification (accuracy) tasks;
-- ``load_local_task(path)``: local files -> an mteb task: a BEIR folder (corpus.jsonl, queries.jsonl,
-  qrels/test.tsv) -> Retrieval; a jsonl/tsv file with s1, s2, score -> STS; a folder with train and test files of
-  text and label -> Classification (or Clustering with ``kind="clustering"``).
+- ``load_beir_folder``, ``load_sts_file``, ``load_labelled_folder``: local files -> an mteb task: a BEIR folder
+  (corpus.jsonl, queries.jsonl, qrels/test.tsv) -> Retrieval; a jsonl/tsv file with s1, s2, score -> STS; a folder
+  with train and test files of text and label -> Classification (or Clustering with ``kind="clustering"``).
+  Named after a registered MTEB task, a local copy keeps that task's settings and replaces only the data.
 """
 
 from __future__ import annotations
@@ -38,12 +39,56 @@ def _metadata(name: str, task_type: str, main_score: str, description: str, sour
                         dataset={"path": source, "revision": revision}, **_COMMON)
 
 
+def registered_task(name: str):
+    """mteb's registered task of that name (metadata only, nothing downloaded), or None."""
+    import mteb
+
+    try:
+        return mteb.get_task(name)
+    except (KeyError, ValueError):
+        return None
+
+
 def _task(base, metadata: TaskMetadata, dataset, **attributes):
-    """An instance of a one-off subclass of an mteb task class, with its data already loaded."""
-    cls = type(metadata.name, (base,), {"metadata": metadata, "load_data": lambda self, **kw: None, **attributes})
+    """An instance of a one-off subclass of an mteb task class, with its data already loaded.
+
+    A local copy of a registered MTEB task (a folder or file named after it, e.g. AmazonCounterfactualClassification)
+    subclasses that task's own class instead: its metadata and evaluation settings (samples_per_label, n_experiments,
+    score range, ...) stay mteb's and only the data is ours, so it scores like the hub task on the same data. The
+    evaluated splits are those the local data has; a multilingual task is evaluated on its English subset."""
+    registered = registered_task(metadata.name)
+    if registered is None:
+        cls = type(metadata.name, (base,), {"metadata": metadata, "load_data": lambda self, **kw: None, **attributes})
+        task = cls()
+        task.dataset, task.data_loaded = dataset, True
+        return task
+    if not isinstance(registered, base):
+        raise DataError(f"{metadata.name} is a registered {registered.metadata.type} task in mteb, but the local "
+                        f"data is {metadata.type}; rename the folder or give it that task's files")
+    splits = _splits(dataset)
+    reg_meta = registered.metadata
+    eval_splits = [s for s in reg_meta.eval_splits if s in splits]
+    if not eval_splits:
+        raise DataError(f"{metadata.name}: mteb evaluates its {reg_meta.eval_splits} split(s); the local data has "
+                        f"{sorted(splits)}")
+    subset = "default"
+    if reg_meta.is_multilingual:
+        languages = reg_meta.eval_langs
+        subset = "en" if "en" in languages else next(k for k, v in languages.items() if "eng-Latn" in v)
+        dataset = {subset: dataset["default"] if isinstance(dataset, dict) and "default" in dataset else dataset}
+    local_meta = reg_meta.model_copy(update={"eval_splits": eval_splits})
+    cls = type(metadata.name, (type(registered),), {"metadata": local_meta, "load_data": lambda self, **kw: None})
     task = cls()
+    if reg_meta.is_multilingual:
+        task.hf_subsets = [subset]
     task.dataset, task.data_loaded = dataset, True
     return task
+
+
+def _splits(dataset) -> set[str]:
+    if isinstance(dataset, dict) and "default" in dataset and isinstance(dataset["default"], dict):
+        return set(dataset["default"])
+    return set(dataset.keys())
 
 
 def retrieval_task(name: str, queries: dict[str, str], corpus: dict[str, str], qrels: dict[str, dict[str, int]],
