@@ -124,7 +124,7 @@ def test_released_sampling_shares_negative_positions_and_is_world_size_independe
         if full.task_type != "retrieval":
             continue
         retrieval_steps += 1
-        name, rows = single._current_plan[single.step_in_epoch - 1]
+        name, rows = single.plan_step(single.step_in_epoch - 1)
         arrays = single.data.datasets[name]
         stored = min(len(arrays.negatives[int(r)]) for r in rows)
         chosen = single._negative_ids(name, rows, single.epoch, 3, (single.step_in_epoch - 1, stored))
@@ -149,9 +149,26 @@ def test_released_dataset_weights_are_fixed_at_the_epoch_start(smollm2_data):
     released = MultitaskLoader(smollm2_data, 4, 3, 0, sampling="released", val_fraction=0.0)
     per_query = MultitaskLoader(smollm2_data, 4, 3, 0, sampling="per_query", val_fraction=0.0)
     plans = [loader._plan(0) for loader in (released, per_query)]
-    for plan in plans:  # both visit every batch of every dataset exactly once per epoch
-        assert len(plan) == released.steps_per_epoch()
-    assert [name for name, _ in plans[0]] != [name for name, _ in plans[1]]
+    for order, batches, batch_index in plans:  # both visit every batch of every dataset exactly once per epoch
+        assert len(order) == released.steps_per_epoch()
+        for d, name in enumerate(released.datasets):
+            assert sorted(batch_index[order == d].tolist()) == list(range(len(batches[name])))
+    assert plans[0][0].tolist() != plans[1][0].tolist()
+
+
+def test_both_orders_draw_datasets_at_their_share_and_visit_every_batch():
+    """9,000 batches of one dataset and 1,000 of another: in the first half of the epoch the small one is drawn at
+    its 10% share under both samplings (a plan that front-loads or starves it fails), and every batch comes once."""
+    from f2llm_lib.train.loader import MultitaskLoader as Loader
+
+    loader = Loader.__new__(Loader)
+    loader.datasets, loader.seed, loader.global_batch = ["big", "small"], 0, 1
+    loader.train_rows = {"big": np.arange(9000, dtype=np.int32), "small": np.arange(1000, dtype=np.int32)}
+    for sampling in ("released", "per_query"):
+        loader.sampling = sampling
+        order, _, _ = loader._plan(0)
+        assert abs((order[: len(order) // 2] == 1).mean() - 0.1) < 0.02
+        assert (order == 1).sum() == 1000 and (order == 0).sum() == 9000
 
 
 def test_negatives_per_task_type(smollm2_data):

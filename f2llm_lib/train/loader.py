@@ -78,7 +78,7 @@ class MultitaskLoader:
         self.val_rows: dict[str, np.ndarray] = {}
         for name, index in self.dataset_index.items():
             n = len(self.data.datasets[name].queries)
-            order = np.random.default_rng([seed, 999, index]).permutation(n)
+            order = np.random.default_rng([seed, 999, index]).permutation(n).astype(np.int32)  # 4 bytes a query
             n_val = int(n * val_fraction) if n * val_fraction >= 1 else 0
             self.val_rows[name], self.train_rows[name] = np.sort(order[:n_val]), order[n_val:]
         self.datasets = [name for name, rows in self.train_rows.items() if len(rows) >= self.global_batch]
@@ -105,26 +105,48 @@ class MultitaskLoader:
                         "clustering) or mine more negatives")
 
     # -- plan -----------------------------------------------------------------------------------------------
-    def _plan(self, epoch: int) -> list[tuple[str, np.ndarray]]:
+    def _plan(self, epoch: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        """The epoch's order, vectorised (a million steps in milliseconds): per step the dataset (index into
+        ``self.datasets``) and which of its global batches; and each dataset's batches [n, global_batch] of rows."""
         batches = {}
         for index, name in enumerate(self.datasets):
             rows = self.train_rows[name]
             perm = rows[np.random.default_rng([self.seed, epoch, index]).permutation(len(rows))]
             n = len(perm) // self.global_batch
             batches[name] = perm[: n * self.global_batch].reshape(n, self.global_batch)
+        counts = np.array([len(batches[name]) for name in self.datasets])
         rng = np.random.default_rng([self.seed, epoch, 12345])
-        initial = {name: len(b) for name, b in batches.items()}
-        remaining = dict(initial)
-        plan, taken = [], dict.fromkeys(batches, 0)
-        while any(remaining.values()):
-            names = [n for n in self.datasets if remaining[n] > 0]
-            # per_query: proportional to what is left; released: to the epoch's starting counts (fixed weights)
-            weights = np.array([(remaining if self.sampling == "per_query" else initial)[n] for n in names], float)
-            name = names[rng.choice(len(names), p=weights / weights.sum())]
-            plan.append((name, batches[name][taken[name]]))
-            taken[name] += 1
-            remaining[name] -= 1
-        return plan
+        if self.sampling == "per_query":
+            # drawing a dataset with probability proportional to its remaining batches, step after step, is a
+            # uniformly random order of all the epoch's batches
+            order = rng.permutation(np.repeat(np.arange(len(counts)), counts))
+        else:
+            # released: fixed probabilities (the starting counts), an exhausted dataset leaves the draw. Drawing from
+            # the fixed distribution and skipping exhausted datasets' draws is exactly that renormalised draw.
+            weights = counts / counts.sum()
+            kept, seen = [], np.zeros(len(counts), dtype=np.int64)
+            while (seen < counts).any():
+                draws = rng.choice(len(counts), size=int(counts.sum()), p=weights)
+                occurrence = np.zeros(len(draws), dtype=np.int64)
+                for d in range(len(counts)):  # each draw's rank among its dataset's draws so far
+                    mask = draws == d
+                    occurrence[mask] = seen[d] + np.arange(int(mask.sum()))
+                keep = occurrence < counts[draws]
+                kept.append(draws[keep])
+                seen = np.minimum(seen + np.bincount(draws, minlength=len(counts)), counts)
+            order = np.concatenate(kept)
+        # which batch of its dataset each step takes: the running count of that dataset in the order
+        batch_index = np.zeros(len(order), dtype=np.int64)
+        for d in range(len(counts)):
+            mask = order == d
+            batch_index[mask] = np.arange(int(mask.sum()))
+        return order, batches, batch_index
+
+    def plan_step(self, step: int) -> tuple[str, np.ndarray]:
+        """(dataset, global batch rows) of a step of the current epoch."""
+        order, batches, batch_index = self._current_plan
+        name = self.datasets[int(order[step])]
+        return name, batches[name][int(batch_index[step])]
 
     def steps_per_epoch(self) -> int:
         return sum(len(self.train_rows[n]) // self.global_batch for n in self.datasets)
@@ -174,10 +196,10 @@ class MultitaskLoader:
     def next_batch(self) -> Batch:
         if self._plan_epoch != self.epoch:
             self._current_plan, self._plan_epoch = self._plan(self.epoch), self.epoch
-        if self.step_in_epoch >= len(self._current_plan):
+        if self.step_in_epoch >= len(self._current_plan[0]):
             self.epoch, self.step_in_epoch = self.epoch + 1, 0
             return self.next_batch()
-        name, global_rows = self._current_plan[self.step_in_epoch]
+        name, global_rows = self.plan_step(self.step_in_epoch)
         local = global_rows[self.rank * self.per_device_batch:(self.rank + 1) * self.per_device_batch]
         shared = None
         if self.sampling == "released":  # the positions come from the global batch, the same on every rank
