@@ -213,15 +213,21 @@ def prune_layers(model: PreTrainedModel, keep: int) -> PreTrainedModel:
     return model
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def _source(spec: str) -> str:
     """A local folder or a hub id for ``spec``; a clear error for anything else."""
     local = Path(spec).expanduser()
     if local.exists():
+        if not local.is_dir():
+            raise BackboneError(f"{spec}: a file, not a model folder; give the folder that holds config.json")
         return str(local)
     if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
         raise BackboneError(
-            f"unknown model spec {spec!r}: use '{SMOLLM2_SPEC}', '{TINY_QWEN3_SPEC}', a hub id such as "
-            "'Qwen/Qwen3-0.6B', or an existing local folder."
+            f"{spec!r} is not found locally (no such folder relative to {Path.cwd()}) and is not a hub id: use "
+            f"'{SMOLLM2_SPEC}', '{TINY_QWEN3_SPEC}', '{TINY_BPE_SPEC}', a hub id such as 'Qwen/Qwen3-0.6B', or an "
+            "existing local folder."
         )
     return spec
 
@@ -232,7 +238,22 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
         return smollm2_tokenizer()
     if spec == TINY_BPE_SPEC:
         return tiny_bpe_tokenizer()
-    return _fix_pad_token(AutoTokenizer.from_pretrained(_source(spec), trust_remote_code=False))
+    source = _source(spec)
+    local = Path(source).exists()
+    if local and not any((Path(source) / name).exists() for name in TOKENIZER_FILES):
+        raise BackboneError(f"{source}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); a model folder needs its "
+                            "tokenizer next to the weights (our exports write it; copy it from the base model)")
+    try:
+        return _fix_pad_token(AutoTokenizer.from_pretrained(source, trust_remote_code=False))
+    except OSError as exc:
+        raise BackboneError(_not_found(spec, local, exc)) from exc
+
+
+def _not_found(spec: str, local: bool, exc: Exception) -> str:
+    if local:
+        return f"{spec}: could not load from this folder ({str(exc).splitlines()[0][:200]})"
+    return (f"{spec!r} is not a folder on this machine (checked relative to {Path.cwd()}), and as a hub id it could "
+            f"not be loaded (no network, or no such model): {str(exc).splitlines()[0][:160]}")
 
 
 def save_architecture(spec: str, out_dir: str | Path) -> Path:
@@ -287,8 +308,11 @@ def load_backbone(
     else:
         source = _source(spec)
         tokenizer = load_tokenizer(source)
-        model = AutoModel.from_pretrained(source, trust_remote_code=False, use_safetensors=True,
-                                          dtype=torch.float32)
+        try:
+            model = AutoModel.from_pretrained(source, trust_remote_code=False, use_safetensors=True,
+                                              dtype=torch.float32)
+        except OSError as exc:
+            raise BackboneError(_not_found(spec, Path(source).exists(), exc)) from exc
     if num_layers:
         prune_layers(model, num_layers)
     model.config.use_cache = False

@@ -136,7 +136,16 @@ def _failure_message(notebook: Path, executed: Path, exc: Exception) -> str:
                 break
     except Exception:  # the executed copy may not exist when the kernel never started
         pass
-    reason = getattr(exc, "ename", type(exc).__name__) + ": " + str(getattr(exc, "evalue", exc)).splitlines()[0]
+    message = str(getattr(exc, "evalue", exc))
+    if isinstance(exc, TimeoutError) or "timed out" in message:  # nbclient's CellTimeoutError: no executed copy
+        preview = message.split("-------------------")
+        first = preview[1].strip().strip("[]").split("', '")[0].strip("'\"") if len(preview) > 1 else "?"
+        if cell_info == "an unknown cell":
+            cell_info = f"the cell starting {first[:80]!r}"
+        return (f"{notebook.name} timed out at {cell_info}: the cell ran longer than the per-cell limit; raise "
+                f"--cell-timeout or lower the profile's sizes. Executed copy: {executed}")
+    name = getattr(exc, "ename", type(exc).__name__)
+    reason = f"{name}: {message.splitlines()[0]}" if message else name
     return f"{notebook.name} failed at {cell_info}: {reason}. Executed copy: {executed}"
 
 
@@ -169,6 +178,10 @@ def run_profile(profile: str, notebooks: list[Path] | None = None, run_dir: Path
                 cell_timeout: int = 600, kernel_name: str = KERNEL_NAME) -> Path:
     """Run notebooks in order with a profile; return the run folder. Validates all profiles first."""
     notebooks = notebooks or all_notebooks()
+    missing = [str(nb) for nb in notebooks if not Path(nb).is_file()]
+    if missing:  # before any run folder exists
+        raise NotebookRunError(f"no such notebook: {', '.join(missing)}; the notebooks are "
+                               f"{', '.join(p.name for p in all_notebooks())} in {NOTEBOOK_DIR}")
     params = {nb: load_profile(profile, nb) for nb in notebooks}  # fail on a typo before anything runs
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = run_dir or RUNS_DIR / f"{stamp}-{profile}"

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ from .recipes import (
     resolve_path,
 )
 from .schema import DataError, TrainingTuple, validate_tuple
-from .tokenized import write_training_files
+from .tokenized import TokenizedDataError, write_training_files
 
 
 @dataclass
@@ -37,6 +40,7 @@ class CurationResult:
     mining: dict[str, MiningReport] = field(default_factory=dict)
     decontamination: DecontaminationReport = field(default_factory=DecontaminationReport)
     manifest: dict[str, Any] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)  # per dataset: repeated (query, positive) rows dropped
 
 
 def eval_texts(names: list[str], recipe: Recipe | None = None) -> list[str]:
@@ -130,9 +134,25 @@ def curate(recipe: Recipe, scorer_spec: str | None = None, num_layers: int | Non
             result.mining[name] = report
             tuples = [TrainingTuple(t.dataset, t.task_type, t.instruction, t.query, t.positive, n)
                       for t, n in zip(tuples, negatives, strict=True) if n is not None]
-        result.datasets[name] = [validate_tuple(t, f"{recipe.path}: dataset {name}, tuple {i}")
-                                 for i, t in enumerate(tuples)]
+        tuples = [validate_tuple(t, f"{recipe.path}: dataset {name}, tuple {i}") for i, t in enumerate(tuples)]
+        result.datasets[name], result.duplicates[name] = drop_duplicates(tuples)
+        if result.duplicates[name]:
+            print(f"[curate] WARNING dataset {name}: dropped {result.duplicates[name]} duplicate (query, positive) "
+                  f"rows of {len(tuples)}: repeated pairs become false in-batch negatives of each other",
+                  file=sys.stderr, flush=True)
     return result
+
+
+def drop_duplicates(tuples: list[TrainingTuple]) -> tuple[list[TrainingTuple], int]:
+    """Keep the first tuple of each (query, positive) pair; return (kept, number dropped)."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for item in tuples:
+        key = (item.query, item.positive)
+        if key not in seen:
+            seen.add(key)
+            kept.append(item)
+    return kept, len(tuples) - len(kept)
 
 
 def write_tuples(result: CurationResult, out_dir: Path) -> None:
@@ -146,28 +166,74 @@ def write_tuples(result: CurationResult, out_dir: Path) -> None:
         tmp.replace(out_dir / "tuples" / f"{name}.parquet")
 
 
+OUTPUT_MARKER = ".f2llm-pipeline.json"  # marks a folder this pipeline wrote (and may replace)
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Before any work: --out must be a folder we may write and replace (ours, new or empty); leftovers of a run
+    that was killed are removed, saying so."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} is a file; give a folder for the pipeline's output")
+    parent = out_dir.parent if out_dir.parent != Path("") else Path(".")
+    existing = next((p for p in [parent, *parent.parents] if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise DataError(f"--out {out_dir}: cannot create it ({existing} is not a writable folder); choose another")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / OUTPUT_MARKER).exists():
+        raise DataError(f"--out {out_dir} holds files that this pipeline did not write; it replaces its output as a "
+                        "whole, so give it a new or empty folder (nothing was written)")
+    for leftover in parent.glob(f".{out_dir.name}-curating-*") if parent.exists() else []:
+        print(f"[pipeline] removing {leftover}, left by a run that was interrupted", file=sys.stderr)
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def run_recipe(recipe_path: str | Path, out_dir: str | Path, backbone: str = "smollm2-135m",
                scorer_spec: str | None = None, max_length: int = 256, num_layers: int | None = None,
                show_progress: bool = True) -> CurationResult:
     """Curate one recipe and write tuples, tokenized files (with ``backbone``'s own tokenizer), reports and the
-    manifest to ``out_dir``."""
+    manifest to ``out_dir``, as a whole: everything is written to a hidden sibling folder that replaces ``out_dir``
+    only once complete, so an interrupted run leaves the previous output intact and never a mix of two runs."""
     from ..backbones import load_tokenizer
 
-    tokenizer = load_tokenizer(backbone)  # before curation: a wrong spec fails in seconds, not after mining
+    out_dir = Path(out_dir)
+    if max_length < 2:
+        raise DataError(f"--max-length must be at least 2 (one token and the EOS), got {max_length}")
+    check_output_dir(out_dir)  # before anything expensive
+    tokenizer = load_tokenizer(backbone)  # a wrong spec fails in seconds, not after mining
     recipe = load_recipe(recipe_path)
     result = curate(recipe, scorer_spec, num_layers, show_progress)
-    out_dir = Path(out_dir)
+    if not any(result.datasets.values()):
+        raise DataError(f"{recipe.path}: no tuples survived curation; check the source and the recipe's filters")
     reports = {"mining": {k: v.summary() for k, v in result.mining.items()},
-               "decontamination": result.decontamination.per_dataset}
-    result.manifest = write_training_files(result.datasets, tokenizer, out_dir / "tokenized", max_length,
-                                           {"recipe": recipe.name, "recipe_sha1": recipe.digest,
-                                            "backbone": backbone, **reports})
-    write_tuples(result, out_dir)
-    (out_dir / "reports.json").write_text(json.dumps(reports, indent=2))
+               "decontamination": result.decontamination.per_dataset, "duplicates_dropped": result.duplicates}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-curating-", dir=out_dir.parent))
+    try:
+        result.manifest = write_training_files(result.datasets, tokenizer, work / "tokenized", max_length,
+                                               {"recipe": recipe.name, "recipe_sha1": recipe.digest,
+                                                "backbone": backbone, **reports})
+        write_tuples(result, work)
+        (work / "reports.json").write_text(json.dumps(reports, indent=2))
+        (work / OUTPUT_MARKER).write_text(json.dumps({"recipe": recipe.name, "backbone": backbone}))
+        _replace(work, out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return result
 
 
+def _replace(new: Path, target: Path) -> None:
+    """Swap a finished folder into place with two renames; the old one is deleted only after."""
+    if target.exists():
+        old = target.with_name(f".{target.name}-replaced-{os.getpid()}")
+        os.rename(target, old)
+        os.rename(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(new, target)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from ..backbones import BackboneError
+
     parser = argparse.ArgumentParser(description="Curate one data recipe into F2LLM training files.")
     parser.add_argument("recipe", help="a recipe name in data_recipes/ or a path to a .yaml file")
     parser.add_argument("--out", type=Path, required=True)
@@ -180,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_recipe(args.recipe, args.out, backbone=args.backbone, scorer_spec=args.scorer,
                             max_length=args.max_length, num_layers=args.num_layers or None)
-    except DataError as exc:
+    except (DataError, BackboneError, TokenizedDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps({"datasets": {k: len(v) for k, v in result.datasets.items()},

@@ -29,10 +29,19 @@ def read_local(path: Path, fmt: str | None = None) -> Iterator[tuple[str, dict]]
     if fmt not in FORMATS:
         raise DataError(f"{path}: unknown format {fmt!r}; use one of {FORMATS}")
     if fmt == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        for index, record in enumerate(pq.read_table(path).to_pylist()):
-            yield f"{path}:row {index}", record
+        try:
+            parquet = pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0][:120]}); check the "
+                            "file, or its suffix if it is another format") from exc
+        index = 0
+        for batch in parquet.iter_batches(batch_size=4096):  # streamed: one row group's batch at a time
+            for record in batch.to_pylist():
+                yield f"{path}:row {index}", record
+                index += 1
         return
     raw = path.read_bytes()
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,14 @@ TOP_KEYS = {"name", "description", "task_type", "tasks", "instruction", "instruc
 SOURCE_KEYS = {"kind", "path", "format", "hub_id", "config", "split", "packages", "data_files"}
 BUILD_KEYS = {"kind", "score_min", "label_names", "num_negatives"}
 MINING_KEYS = {"scorer", "range_min", "range_max", "max_score", "relative_margin", "num_negatives", "on_shortfall"}
+MINING_TYPES = {"scorer": str, "range_min": int, "range_max": int, "max_score": (int, float),
+                "relative_margin": (int, float), "num_negatives": int, "on_shortfall": str}
+BUILD_TYPES = {"kind": str, "score_min": (int, float), "label_names": dict, "num_negatives": int}
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def _type_names(kind) -> str:
+    return kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
 
 
 @dataclass
@@ -121,6 +130,18 @@ def load_recipe(path: str | Path) -> Recipe:
     max_samples = _typed(data, "max_samples", int, where)
     if max_samples is not None and max_samples < 1:
         raise DataError(f"{where}: max_samples must be positive, got {max_samples}")
+    if not SAFE_NAME.match(name):
+        raise DataError(f"{where}: name {name!r} becomes a folder and file name; use letters, digits, '_', '-' and "
+                        "'.' (not starting with '.'), e.g. my_dataset")
+    for key, value in mining.items():  # typed here, before any data is read
+        expected = MINING_TYPES[key]
+        if not isinstance(value, expected) or isinstance(value, bool) and expected is not bool:
+            raise DataError(f"{where}: mining.{key} must be {_type_names(expected)}, got "
+                            f"{type(value).__name__} {value!r:.60}")
+    for key, expected in BUILD_TYPES.items():
+        if key in build and (not isinstance(build[key], expected) or isinstance(build[key], bool)):
+            raise DataError(f"{where}: build.{key} must be {_type_names(expected)}, got "
+                            f"{type(build[key]).__name__} {build[key]!r:.60}")
     return Recipe(path=path, name=name, source=source, build=build, task_type=task_type, tasks=tasks,
                   instruction=_typed(data, "instruction", str, where) or "",
                   instructions=_typed(data, "instructions", dict, where) or {}, fields=fields, mining=mining,
@@ -145,7 +166,11 @@ def read_records(recipe: Recipe) -> list[tuple[str, dict]]:
     if source["kind"] == "local":
         if "path" not in source:
             raise DataError(f"{recipe.path}: a local source needs source.path")
-        return list(read_local(resolve_path(source["path"], recipe), source.get("format")))
+        path = resolve_path(source["path"], recipe)
+        records = list(read_local(path, source.get("format")))
+        if not records:
+            raise DataError(f"{path}: no records (an empty file); the recipe {recipe.path} needs a source with data")
+        return records
     if "hub_id" not in source:
         raise DataError(f"{recipe.path}: a hub source needs source.hub_id")
     return list(read_hub(source["hub_id"], source.get("config"), source.get("split", "train"),

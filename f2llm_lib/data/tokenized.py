@@ -101,6 +101,9 @@ class TokenizedWriter:
                  manifest_extra: dict | None = None, workers: int | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in self.out_dir.parent.glob(f".{self.out_dir.name}-tokenizing-*"):
+            print(f"[tokenized] removing {leftover}, left by a write that was interrupted", flush=True)
+            shutil.rmtree(leftover, ignore_errors=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}-tokenizing-", dir=self.out_dir.parent))
         self.tokenizer, self.max_length, self.batch_size = tokenizer, max_length, batch_size
         self.extra = manifest_extra or {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict
@@ -164,7 +165,11 @@ def _jsonl_texts(path: Path, id_key: str = "_id") -> dict[str, str]:
         if id_key not in record:
             raise DataError(f"{where}: missing '{id_key}'")
         text = " ".join(x for x in (record.get("title") or "", record.get("text") or "") if x)
-        out[str(record[id_key])] = check_text(text, where, "text")
+        key = str(record[id_key])
+        if key in out:
+            raise DataError(f"{where}: duplicate {id_key} {key!r} (an earlier line has it); ids must be unique, or "
+                            "one text would silently replace the other")
+        out[key] = check_text(text, where, "text")
     return out
 
 
@@ -187,12 +192,19 @@ def load_beir_folder(folder: Path, name: str | None = None) -> AbsTaskRetrieval:
             where = f"{folder / 'qrels' / 'test.tsv'}:{number}"
             if len(row) != 3:
                 raise DataError(f"{where}: expected query-id, corpus-id, score (tab-separated)")
-            query_id, doc_id, score = row
+            query_id, doc_id, raw_score = row
+            try:
+                value = float(raw_score)
+            except ValueError:
+                value = float("nan")
+            if not math.isfinite(value) or value != int(value):
+                raise DataError(f"{where}: relevance score {raw_score!r} must be a whole number (0, 1, 2, ...)")
+            score = int(value)
             if query_id not in queries:
                 raise DataError(f"{where}: query id {query_id!r} is not in queries.jsonl")
             if doc_id not in corpus:
                 raise DataError(f"{where}: corpus id {doc_id!r} is not in corpus.jsonl")
-            qrels.setdefault(query_id, {})[doc_id] = int(score)
+            qrels.setdefault(query_id, {})[doc_id] = score
     if not qrels:
         raise DataError(f"{folder / 'qrels' / 'test.tsv'}: no relevance judgements")
     queries = {q: t for q, t in queries.items() if q in qrels}
@@ -208,9 +220,13 @@ def load_sts_file(path: Path, name: str | None = None, max_score: float = 5.0) -
         s1.append(check_text(record["s1"], where, "s1"))
         s2.append(check_text(record["s2"], where, "s2"))
         try:
-            scores.append(float(record["score"]))
+            score = float(record["score"])
         except (TypeError, ValueError) as exc:
             raise DataError(f"{where}: score must be a number, got {record['score']!r}") from exc
+        if not math.isfinite(score):
+            raise DataError(f"{where}: score is {record['score']!r}; every pair needs a finite score "
+                            f"(0 to {max_score:g}), or the main score comes out NaN")
+        scores.append(score)
     if not s1:
         raise DataError(f"{path}: no pairs")
     return sts_task(name or Path(path).stem, s1, s2, scores, str(path), max_score=max_score)

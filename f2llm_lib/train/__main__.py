@@ -28,7 +28,20 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = train(config, resume=args.resume, export=not args.no_export)
+    from ..backbones import BackboneError
+    from ..data.tokenized import TokenizedDataError
+    from ..tokenization import TokenizerMismatchError
+    from .checkpoints import RunFolderError
+    from .guard import TrainingDiverged
+
+    try:
+        result = train(config, resume=args.resume, export=not args.no_export)
+    except (RunFolderError, TokenizedDataError, TokenizerMismatchError, BackboneError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        print(f"error: training diverged: {exc}", file=sys.stderr)
+        return 3
     print(json.dumps({"steps": result["steps"], "final_loss": result["history"][-1]["loss"] if result["history"]
                       else None, "export": result.get("export")}))
     return 0

@@ -45,11 +45,21 @@ class TrainConfig:
     save_every: int = 50
     log_every: int = 1
     seed: int = 0
+    divergence_guard: bool = True  # stop on a non-finite loss or collapsed embeddings (see train/guard.py)
+    allow_pickled_checkpoints: bool = False  # resume DeepSpeed checkpoints (DeepSpeed unpickles them): yours only
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> TrainConfig:
         path = Path(path)
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file; pass --config with a YAML file of training keys")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:  # includes tags such as !!python/object, which safe_load refuses
+            where = getattr(exc, "problem_mark", None)
+            line = f" (line {where.line + 1})" if where is not None else ""
+            raise ConfigError(f"{path}{line}: not plain YAML: {str(exc).splitlines()[0]}; use plain keys and "
+                              "values (no tags)") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of keys to values")
         return cls.from_dict({**data, **(overrides or {})}, source=str(path))
@@ -70,4 +80,31 @@ class TrainConfig:
             raise ConfigError(f"{source}: mixed_precision must be no, bf16 or fp16")
         if config.sampling not in ("per_query", "released"):
             raise ConfigError(f"{source}: sampling must be per_query or released, got {config.sampling!r}")
+        config._check_ranges(source)
         return config
+
+    def _check_ranges(self, source: str) -> None:
+        """Values that would train nothing, or garbage, are errors now, before any model loads."""
+        rules = [
+            (self.max_steps >= 1, "max_steps", "at least 1 (0 steps would export the untrained backbone)"),
+            (self.per_device_batch >= 1, "per_device_batch", "at least 1"),
+            (self.grad_accum >= 1, "grad_accum", "at least 1"),
+            (self.num_negatives >= 0, "num_negatives", "0 or more"),
+            (self.clustering_negatives >= 0, "clustering_negatives", "0 or more"),
+            (self.lr > 0, "lr", "positive"),
+            (0 <= self.min_lr <= self.lr, "min_lr", f"between 0 and lr ({self.lr})"),
+            (self.warmup_steps >= 0, "warmup_steps", "0 or more"),
+            (self.temperature > 0, "temperature", "positive (logits are cosine / temperature)"),
+            (0 <= self.val_fraction < 1, "val_fraction", "in [0, 1)"),
+            (self.max_length == 0 or self.max_length >= 2, "max_length", "0 (the data's) or at least 2 (text + EOS)"),
+            (self.grad_clip >= 0, "grad_clip", "0 (off) or positive"),
+            (self.eval_every >= 1 and self.save_every >= 1 and self.log_every >= 1, "eval_every/save_every/log_every",
+             "at least 1"),
+            (self.stop_after >= 0, "stop_after", "0 (off) or positive"),
+            (self.num_layers >= 0, "num_layers", "0 (all) or positive"),
+            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1/beta2", "in [0, 1)"),
+        ]
+        for ok, key, expected in rules:
+            if not ok:
+                value = ", ".join(str(getattr(self, k)) for k in key.split("/"))
+                raise ConfigError(f"{source}: {key} must be {expected}, got {value}")

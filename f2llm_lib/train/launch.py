@@ -6,6 +6,7 @@ CUDA has been touched there. A subprocess has no such problem and is exactly wha
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -50,3 +51,13 @@ def launch_training(config_path: str | Path, num_processes: int, overrides: dict
     if proc.returncode != 0:
         raise RuntimeError(f"training failed (exit {proc.returncode}):\n" + "\n".join(lines[-30:]))
     return lines
+
+
+def fresh_run_dir(path: str | Path) -> Path:
+    """An empty folder for a new run: a notebook executed again starts its runs over (the trainer itself refuses to
+    train into a folder that holds a run without --resume). Says what it removes."""
+    path = Path(path)
+    if path.exists():
+        print(f"[launch] removing the previous run in {path}", flush=True)
+        shutil.rmtree(path)
+    return path

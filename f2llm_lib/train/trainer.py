@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import signal
 import time
 from pathlib import Path
@@ -25,14 +26,22 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from ..backbones import load_backbone, load_tokenizer
+from ..data.tokenized import TokenizedDataError
 from ..losses import contrastive_loss, mrl_levels, mrl_weights
 from ..losses.chunked import chunked_loss
 from ..model import F2LLMEncoder
 from ..tokenization import check_same_tokenizer
+from .checkpoints import (
+    COMPLETE,
+    LOADER_STATE,
+    RunFolderError,
+    find_checkpoint,
+    prepare_output_dir,
+    truncate_metrics,
+)
 from .config import TrainConfig
+from .guard import DivergenceGuard, batch_statistics
 from .loader import Batch, MultitaskLoader
-
-LOADER_STATE = "loader_state.json"
 
 
 def cosine_with_floor(config: TrainConfig):
@@ -48,13 +57,15 @@ def cosine_with_floor(config: TrainConfig):
     return factor
 
 
-def batch_loss(encoder, batch: Batch, config: TrainConfig, device) -> torch.Tensor:
+def batch_loss(encoder, batch: Batch, config: TrainConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, the batch's embeddings) for one micro-batch."""
     emb = encoder(batch.input_ids.to(device), batch.attention_mask.to(device), batch.lengths.to(device))
     size, k = batch.batch_size, batch.num_negatives
     negatives = emb[2 * size:].view(size, k, -1) if k else None
-    return contrastive_loss(emb[:size], emb[size:2 * size], negatives, in_batch=batch.task_type == "retrieval",
+    loss = contrastive_loss(emb[:size], emb[size:2 * size], negatives, in_batch=batch.task_type == "retrieval",
                             temperature=config.temperature, mrl_dims="f2llm_v2" if config.mrl else None,
                             impl=config.loss_impl, stop_grad_gather=config.stop_grad_gather)
+    return loss, emb
 
 
 def configure_deepspeed(accelerator: Accelerator, config: TrainConfig) -> dict | None:
@@ -91,12 +102,6 @@ def _fix_cpu_deepspeed_layout(accelerator: Accelerator) -> None:
         shared.update(layout)
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    steps = sorted((int(p.name.split("_")[1]), p) for p in (output_dir / "checkpoints").glob("step_*")
-                   if (p / ".complete").exists())
-    return steps[-1][1] if steps else None
-
-
 def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dict:
     output_dir = Path(config.output_dir)
     # cpu=True on a machine without CUDA: that is what makes accelerate start gloo for several CPU processes. Not under
@@ -107,6 +112,7 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dic
                               cpu=not torch.cuda.is_available() and not deepspeed,
                               step_scheduler_with_optimizer=False)  # we step it once per optimizer step
     _fix_cpu_deepspeed_layout(accelerator)
+    prepare_output_dir(output_dir, config, resume, accelerator.is_main_process)
     set_seed(config.seed)
     # The data first (memory maps: instant), checked against the backbone's tokenizer before any weights load.
     tokenizer = load_tokenizer(config.model)
@@ -116,6 +122,11 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dic
                              clustering_negatives=config.clustering_negatives, eos_id=tokenizer.eos_token_id)
     check_same_tokenizer(loader.data.tokenizer, tokenizer, f"the data in {config.data_dir}", config.model)
     model, tokenizer = load_backbone(config.model, num_layers=config.num_layers or None, seed=config.seed)
+    rows, ids = model.get_input_embeddings().num_embeddings, loader.data.tokenizer["vocab_size"]
+    if rows < ids:
+        raise TokenizedDataError(f"{config.model} has {rows} embedding rows, fewer than the {ids} token ids its "
+                                 f"tokenizer (and the data in {config.data_dir}) can use: the model and tokenizer "
+                                 "files do not belong together")
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
@@ -126,29 +137,27 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dic
     configure_deepspeed(accelerator, config)
     encoder, optimizer, scheduler = accelerator.prepare(encoder, optimizer, scheduler)
     start = 0
-    checkpoint = latest_checkpoint(output_dir) if resume else None
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        loader.load_state_dict(json.loads((checkpoint / LOADER_STATE).read_text()))
-        start = int(checkpoint.name.split("_")[1])
-        accelerator.print(f"[train] resumed from {checkpoint} at step {start}")
+    if resume:
+        start = resume_from_checkpoint(accelerator, output_dir, loader, config, deepspeed)
     accelerator.init_trackers("f2llm", config={k: v for k, v in vars(config).items()})
     metrics_path = output_dir / "metrics.jsonl"
     kill_after = int(os.environ.get("F2LLM_KILL_AFTER_STEP", "0"))  # tests: a real SIGKILL mid-run
     last = min(config.max_steps, config.stop_after) if config.stop_after else config.max_steps
     bar = tqdm(range(start, last), desc="train", disable=not accelerator.is_main_process, initial=start, total=last)
     history = []
+    guard = DivergenceGuard(config.divergence_guard)
     if accelerator.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(accelerator.device)
     for step in bar:
         tic = time.perf_counter()
         tokens = padded = 0
-        losses = []
+        losses, stats = [], []
         for _ in range(config.grad_accum):
             batch = loader.next_batch()
             tokens, padded = tokens + batch.tokens, padded + batch.input_ids.numel()
             with accelerator.accumulate(encoder):
-                loss = batch_loss(encoder, batch, config, accelerator.device)
+                loss, embeddings = batch_loss(encoder, batch, config, accelerator.device)
+                stats.append(batch_statistics(embeddings))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.grad_clip > 0:
                     accelerator.clip_grad_norm_(encoder.parameters(), config.grad_clip)
@@ -159,6 +168,7 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dic
             losses.append(loss.detach())
         seconds = time.perf_counter() - tic
         mean_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+        batch_stats = accelerator.reduce(torch.stack(stats).mean(0), reduction="mean").cpu()
         total_tokens = accelerator.reduce(torch.tensor(float(tokens), device=accelerator.device), "sum").item()
         record = {"step": step + 1, "loss": mean_loss, "dataset": batch.dataset, "lr": scheduler.get_last_lr()[0],
                   "tokens_per_second": total_tokens / seconds, "padding_fraction": 1 - tokens / padded,
@@ -176,6 +186,7 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dic
                 handle.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{mean_loss:.3f}", ds=batch.dataset[:12])
         history.append(record)
+        guard.check(step + 1, mean_loss, batch_stats, record["lr"])  # before saving: the last checkpoint stays good
         if (step + 1) % config.save_every == 0 or step + 1 == last:
             save_checkpoint(accelerator, output_dir, step + 1, loader)
         if kill_after and step + 1 == kill_after:
@@ -190,6 +201,28 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dic
     return result
 
 
+def resume_from_checkpoint(accelerator: Accelerator, output_dir: Path, loader: MultitaskLoader, config: TrainConfig,
+                           deepspeed: bool) -> int:
+    """Load the newest usable checkpoint; return its step. Refuses what would load code (see ``checkpoints``)."""
+    checkpoint = find_checkpoint(output_dir, deepspeed, accelerator.num_processes, log=accelerator.print)
+    if deepspeed and not config.allow_pickled_checkpoints:
+        raise RunFolderError(f"{checkpoint} is a DeepSpeed checkpoint: DeepSpeed loads it with pickle, which can run "
+                             "code from the file. Set allow_pickled_checkpoints: true to resume it (only for "
+                             "checkpoints you made yourself)")
+    try:
+        accelerator.load_state(str(checkpoint))
+    except pickle.UnpicklingError as exc:
+        raise RunFolderError(f"{checkpoint}: a state file holds pickled Python objects, which this trainer refuses "
+                             f"to load (torch.load with weights_only=True): {str(exc).splitlines()[0][:200]}. Was "
+                             "the folder replaced or handed to you? Resume from a checkpoint you made") from exc
+    loader.load_state_dict(json.loads((checkpoint / LOADER_STATE).read_text()))
+    step = int(checkpoint.name.split("_")[1])
+    if accelerator.is_main_process:
+        truncate_metrics(output_dir / "metrics.jsonl", step)
+    accelerator.print(f"[train] resumed from {checkpoint} at step {step}")
+    return step
+
+
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, loader: MultitaskLoader) -> None:
     folder = output_dir / "checkpoints" / f"step_{step}"
     accelerator.save_state(str(folder))
@@ -197,7 +230,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, loade
     if accelerator.is_main_process:
         # the loader's position as JSON (the same on every rank), not through accelerate's pickled custom objects
         (folder / LOADER_STATE).write_text(json.dumps(loader.state_dict()))
-        (folder / ".complete").touch()  # a checkpoint cut short by a crash is never resumed from
+        (folder / COMPLETE).touch()  # a checkpoint cut short by a crash is never resumed from
 
 
 @torch.no_grad()

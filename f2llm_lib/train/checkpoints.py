@@ -1,0 +1,98 @@
+"""The run folder: refuse to mix two runs, resume only what can be resumed exactly, and load no code from a file.
+
+- A fresh run refuses an ``output_dir`` that already holds a run (its metrics and checkpoints would mix with the
+  new ones, and a later ``--resume`` would continue the old run); ``--resume`` refuses changed settings, listing them
+  (the checkpoint's optimizer and schedule would silently win over a new ``lr``).
+- Checkpoints are accelerate's ``save_state`` (safetensors model; optimizer, scheduler and RNG states that accelerate
+  loads with ``torch.load(weights_only=True)``: tensors and plain containers only) plus the loader's position as JSON.
+  No custom pickled object is written or read. A DeepSpeed checkpoint is DeepSpeed's own pickle, which it loads
+  with ``weights_only=False``: resuming one needs ``allow_pickled_checkpoints: true`` (only for checkpoints you made).
+- The newest complete checkpoint with every file present is resumed; an incomplete one is skipped, saying so.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from .config import TrainConfig
+
+RUN_CONFIG = "run_config.json"
+LOADER_STATE = "loader_state.json"
+COMPLETE = ".complete"
+# Keys a resumed run may change: when to log, evaluate, save and stop. Anything else changes what is trained.
+CADENCE_KEYS = {"eval_every", "save_every", "log_every", "stop_after"}
+
+
+class RunFolderError(RuntimeError):
+    """The output folder or its checkpoints cannot be used as asked; the message says what to do."""
+
+
+def prepare_output_dir(output_dir: Path, config: TrainConfig, resume: bool, is_main: bool) -> None:
+    """Check the folder against the request; on a fresh start, record the run's settings (main process)."""
+    checkpoints = sorted((output_dir / "checkpoints").glob("step_*")) if (output_dir / "checkpoints").exists() else []
+    used = (output_dir / "metrics.jsonl").exists() or bool(checkpoints)
+    if used and not resume:
+        raise RunFolderError(f"{output_dir} already holds a run (metrics.jsonl or checkpoints/): pass --resume to "
+                             "continue it, or choose a new output_dir")
+    settings = _comparable(config)
+    saved_path = output_dir / RUN_CONFIG
+    if resume and saved_path.exists():
+        saved = json.loads(saved_path.read_text())
+        changed = {key: (saved.get(key), value) for key, value in settings.items()
+                   if key not in CADENCE_KEYS and saved.get(key) != value}
+        if changed:
+            listing = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in sorted(changed.items()))
+            raise RunFolderError(f"--resume with changed settings ({listing}): the checkpoint's optimizer, schedule "
+                                 "and data order belong to the old ones. Resume with the same settings (only "
+                                 f"{', '.join(sorted(CADENCE_KEYS))} may change), or start a new run in a new "
+                                 "output_dir")
+    if is_main and not resume:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        tmp = saved_path.with_name(RUN_CONFIG + ".tmp")
+        tmp.write_text(json.dumps(settings, indent=2))
+        tmp.replace(saved_path)
+
+
+def _comparable(config: TrainConfig) -> dict:
+    settings = asdict(config)
+    settings.pop("output_dir")
+    return settings
+
+
+def required_files(deepspeed: bool, world_size: int) -> list[str]:
+    if deepspeed:
+        return ["pytorch_model", LOADER_STATE]
+    return ["model.safetensors", "optimizer.bin", "scheduler.bin", LOADER_STATE] + [
+        f"random_states_{rank}.pkl" for rank in range(world_size)]
+
+
+def find_checkpoint(output_dir: Path, deepspeed: bool, world_size: int, log=print) -> Path:
+    """The newest complete checkpoint with all its files; skips (and says so) any that lacks one."""
+    folder = output_dir / "checkpoints"
+    candidates = sorted(((int(p.name.split("_")[1]), p) for p in folder.glob("step_*")
+                         if p.name.split("_")[1].isdigit()), reverse=True) if folder.exists() else []
+    for _, path in candidates:
+        if not (path / COMPLETE).exists():
+            log(f"[train] skipping {path}: not complete (a save was cut short)")
+            continue
+        missing = [name for name in required_files(deepspeed, world_size) if not (path / name).exists()]
+        if missing:
+            log(f"[train] skipping {path}: missing {', '.join(missing)}; falling back to an earlier checkpoint")
+            continue
+        return path
+    raise RunFolderError(f"--resume: no complete checkpoint in {folder} ({len(candidates)} found, none usable); "
+                         "start without --resume (in a new output_dir)")
+
+
+def truncate_metrics(metrics_path: Path, step: int) -> None:
+    """Drop metric rows past the resumed step (a run killed after logging but before saving wrote them)."""
+    if not metrics_path.exists():
+        return
+    rows = metrics_path.read_text().splitlines()
+    kept = [row for row in rows if row.strip() and json.loads(row)["step"] <= step]
+    if len(kept) != len(rows):
+        tmp = metrics_path.with_name(metrics_path.name + ".tmp")
+        tmp.write_text("".join(row + "\n" for row in kept))
+        tmp.replace(metrics_path)
