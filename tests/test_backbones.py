@@ -72,7 +72,7 @@ def test_layer_pruning_keeps_the_first_layers(smollm2):
 
 
 def test_unknown_spec_says_what_is_accepted():
-    with pytest.raises(BackboneError, match="unknown model spec 'not-a-model'.*smollm2-135m.*tiny-qwen3"):
+    with pytest.raises(BackboneError, match="'not-a-model' is not found locally.*smollm2-135m.*tiny-qwen3"):
         load_backbone("not-a-model")
     with pytest.raises(BackboneError, match="dtype"):
         load_backbone("tiny-qwen3", dtype="float64")

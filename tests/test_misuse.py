@@ -295,7 +295,7 @@ def test_missing_empty_or_corrupt_data_folders_are_named(tmp_path, data_dir):
     broken = tmp_path / "broken"
     shutil.copytree(data_dir, broken)
     next((broken / "queries").iterdir()).joinpath("positive.bin").write_bytes(b"\x00" * 12)
-    with pytest.raises(TokenizedDataError, match="inconsistent files"):
+    with pytest.raises(TokenizedDataError, match="corrupt data folder|inconsistent files"):
         TokenizedData(broken)
 
 
@@ -388,7 +388,9 @@ def test_a_notebook_that_does_not_exist_leaves_no_run_folder(tmp_path):
 def test_a_cell_timeout_names_the_cell(tmp_path):
     import nbformat
 
-    nb = nbformat.v4.new_notebook()
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "f2llm", "language": "python",
+                                                           "display_name": "Python 3 (f2llm)"},
+                                            "language_info": {"name": "python"}})
     nb.cells = [nbformat.v4.new_markdown_cell("# Slow\nA probe."),
                 nbformat.v4.new_code_cell('OUTPUT_DIR: str = "."  # where results go',
                                           metadata={"tags": ["parameters"]}),

@@ -328,8 +328,8 @@ class TokenizedData:
                     _random_access(np.memmap(folder / "positive.bin", dtype=INDEX_DTYPE, mode="r")) if info["rows"]
                     else np.zeros(0, INDEX_DTYPE),
                     _ragged(folder, "neg_ids.bin", "neg_offsets.bin", INDEX_DTYPE))
-        except (FileNotFoundError, KeyError) as exc:
-            raise TokenizedDataError(f"{self.data_dir}: incomplete data folder ({exc}); re-run the data "
+        except (FileNotFoundError, KeyError, ValueError) as exc:  # ValueError: a file cut short mid-value
+            raise TokenizedDataError(f"{self.data_dir}: incomplete or corrupt data folder ({exc}); re-run the data "
                                      "pipeline") from exc
         for name, arrays in self.datasets.items():
             rows = self.manifest["datasets"][name]["rows"]
