@@ -15,6 +15,10 @@ if "TRITON_INTERPRET" not in os.environ:
         assert "triton" not in sys.modules, "triton was imported before TRITON_INTERPRET could be set"
         os.environ["TRITON_INTERPRET"] = "1"
 
+# This machine (and CI) has no network beyond package registries: say so to the hub client, so a spec that is not
+# local fails at once with its offline error instead of after the client's retries (~45 s a call).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import pytest  # noqa: E402
 
 from f2llm_lib.paths import shared_data_dir  # noqa: E402

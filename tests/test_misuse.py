@@ -19,6 +19,7 @@ from f2llm_lib.data.schema import DataError, TrainingTuple
 from f2llm_lib.data.tokenized import TokenizedData, TokenizedDataError, write_training_files
 from f2llm_lib.evaluation.tasks import load_beir_folder, load_sts_file
 from f2llm_lib.notebook_runner import NotebookRunError, run_profile
+from f2llm_lib.train.checkpoints import RunFolderError
 from f2llm_lib.train.config import ConfigError, TrainConfig
 from f2llm_lib.train.loader import MultitaskLoader
 from f2llm_lib.train.trainer import train
@@ -179,6 +180,11 @@ def _config(tmp_path, data_dir, **overrides) -> dict:
             "val_fraction": 0.0, "output_dir": str(tmp_path / "run"), **overrides}
 
 
+def _train(tmp_path, config: dict, resume: bool = False):
+    """In this process (as the notebooks and benchmarks call it): the checks are the trainer's, not the CLI's."""
+    return train(TrainConfig.from_dict(dict(config)), resume=resume, export=False)
+
+
 def _cli(tmp_path, config: dict, *extra, env=None):
     path = tmp_path / f"cfg-{len(list(tmp_path.glob('cfg-*')))}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -217,33 +223,33 @@ def test_command_line_errors_are_one_line(tmp_path, data_dir):
 
 
 def test_training_into_a_used_output_dir_needs_resume(tmp_path, data_dir):
-    assert _cli(tmp_path, _config(tmp_path, data_dir)).returncode == 0
+    _train(tmp_path, _config(tmp_path, data_dir, max_steps=2))
     before = (tmp_path / "run" / "metrics.jsonl").read_text()
-    again = _cli(tmp_path, _config(tmp_path, data_dir))
-    assert again.returncode == 2 and "already holds a run" in again.stderr and "--resume" in again.stderr
+    with pytest.raises(RunFolderError, match="already holds a run.*--resume"):
+        _train(tmp_path, _config(tmp_path, data_dir, max_steps=2))
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
 
 
 def test_resume_with_changed_settings_is_refused_naming_them(tmp_path, data_dir):
-    assert _cli(tmp_path, _config(tmp_path, data_dir, max_steps=2)).returncode == 0
-    out = _cli(tmp_path, _config(tmp_path, data_dir, max_steps=2, lr=5e-4), "--resume")
-    assert out.returncode == 2 and "lr: 0.001 -> 0.0005" in out.stderr
-    ok = _cli(tmp_path, _config(tmp_path, data_dir, max_steps=2, eval_every=7), "--resume")  # cadence may change
-    assert ok.returncode == 0, ok.stderr[-2000:]
+    _train(tmp_path, _config(tmp_path, data_dir, max_steps=2))
+    with pytest.raises(RunFolderError, match="lr: 0.001 -> 0.0005"):
+        _train(tmp_path, _config(tmp_path, data_dir, max_steps=2, lr=5e-4), resume=True)
+    _train(tmp_path, _config(tmp_path, data_dir, max_steps=2, eval_every=7), resume=True)  # cadence may change
 
 
 def test_resume_without_a_checkpoint_says_so(tmp_path, data_dir):
-    out = _cli(tmp_path, _config(tmp_path, data_dir), "--resume")
-    assert out.returncode == 2 and "no complete checkpoint" in out.stderr
+    with pytest.raises(RunFolderError, match="no complete checkpoint"):
+        _train(tmp_path, _config(tmp_path, data_dir), resume=True)
 
 
-def test_resume_skips_a_checkpoint_with_a_missing_file(tmp_path, data_dir):
-    assert _cli(tmp_path, _config(tmp_path, data_dir, max_steps=2)).returncode == 0
+def test_resume_skips_a_checkpoint_with_a_missing_file(tmp_path, data_dir, capsys):
+    _train(tmp_path, _config(tmp_path, data_dir, max_steps=2))
     (tmp_path / "run" / "checkpoints" / "step_2" / "optimizer.bin").unlink()
-    out = _cli(tmp_path, _config(tmp_path, data_dir, max_steps=2), "--resume")
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "skipping" in out.stdout + out.stderr and "resumed from" in out.stdout + out.stderr
-    assert "step_1" in (out.stdout + out.stderr).split("resumed from")[1].splitlines()[0]
+    _train(tmp_path, _config(tmp_path, data_dir, max_steps=2), resume=True)
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    assert "skipping" in text and "missing optimizer.bin" in text
+    assert "step_1" in text.split("resumed from")[1].splitlines()[0]
 
 
 class _Payload:
@@ -257,15 +263,18 @@ class _Payload:
 
 
 def test_a_pickle_planted_in_a_checkpoint_never_runs(tmp_path, data_dir):
-    assert _cli(tmp_path, _config(tmp_path, data_dir, max_steps=2)).returncode == 0
+    _train(tmp_path, _config(tmp_path, data_dir, max_steps=2))
     marker = tmp_path / "PWNED"
     step = tmp_path / "run" / "checkpoints" / "step_2"
-    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl"):  # accelerate's pickle names
-        (step / name).write_bytes(pickle.dumps(_Payload(str(marker))))
-    out = _cli(tmp_path, _config(tmp_path, data_dir, max_steps=3), "--resume")
+    payload = pickle.dumps(_Payload(str(marker)))
+    (step / "custom_checkpoint_0.pkl").write_bytes(payload)  # where accelerate keeps custom objects
+    with pytest.raises(RunFolderError, match="unexpected custom_checkpoint_0.pkl"):
+        _train(tmp_path, _config(tmp_path, data_dir, max_steps=2), resume=True)
+    (step / "custom_checkpoint_0.pkl").unlink()
+    (step / "random_states_0.pkl").write_bytes(payload)  # a file accelerate does load (weights_only=True)
+    with pytest.raises(RunFolderError, match="refuses to load"):
+        _train(tmp_path, _config(tmp_path, data_dir, max_steps=2), resume=True)
     assert not marker.exists(), "code from the checkpoint ran"
-    assert out.returncode != 0
-    assert "refuses to load" in out.stderr or "changed settings" in out.stderr or "pickled" in out.stderr
 
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):

@@ -209,7 +209,19 @@ def resume_from_checkpoint(accelerator: Accelerator, output_dir: Path, loader: M
         raise RunFolderError(f"{checkpoint} is a DeepSpeed checkpoint: DeepSpeed loads it with pickle, which can run "
                              "code from the file. Set allow_pickled_checkpoints: true to resume it (only for "
                              "checkpoints you made yourself)")
+    foreign = sorted(p.name for p in checkpoint.glob("custom_checkpoint_*"))
+    if foreign:  # this trainer registers no custom objects: such a file was put there by something else
+        raise RunFolderError(f"{checkpoint}: unexpected {', '.join(foreign)} (this trainer writes no custom "
+                             "objects, and their pickles could run code); the checkpoint was altered: resume from "
+                             "a checkpoint you made, or delete the file if you know where it came from")
     try:
+        if not deepspeed:
+            # accelerate loads the RNG states inside a try/except that only logs a failure: a refused (planted)
+            # file would pass silently and the run would resume with other random numbers. Check it first, with
+            # the same safe loader (weights_only=True, numpy's array types allowed).
+            from accelerate.utils.other import load as safe_load
+
+            safe_load(checkpoint / f"random_states_{accelerator.process_index}.pkl")
         accelerator.load_state(str(checkpoint))
     except pickle.UnpicklingError as exc:
         raise RunFolderError(f"{checkpoint}: a state file holds pickled Python objects, which this trainer refuses "
