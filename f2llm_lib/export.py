@@ -43,7 +43,11 @@ def export_sentence_transformers(encoder: F2LLMEncoder, out_dir: str | Path,
     try:
         backbone_dir = work / "backbone"
         encoder.backbone.save_pretrained(backbone_dir, safe_serialization=True)
-        _tokenizer_appending_eos(encoder.tokenizer).save_pretrained(backbone_dir)
+        tokenizer = _tokenizer_appending_eos(encoder.tokenizer)
+        # the model's real limit (not the training length, which made every longer text look like an indexing error)
+        tokenizer.model_max_length = int(getattr(encoder.backbone.config, "max_position_embeddings", 0)
+                                         or tokenizer.model_max_length)
+        tokenizer.save_pretrained(backbone_dir)
         (backbone_dir / "chat_template.jinja").unlink(missing_ok=True)
         transformer = models.Transformer(str(backbone_dir), max_seq_length=encoder.max_length)
         pooling = models.Pooling(encoder.dim, pooling_mode="lasttoken")

@@ -41,8 +41,17 @@ class F2LLMEncoder(torch.nn.Module):
     def dim(self) -> int:
         return int(self.backbone.config.hidden_size)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Embeddings of a right-padded batch, ``[batch, dim]``, L2-normalised, in float32."""
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                lengths: torch.Tensor | None = None, chunks: Sequence | None = None) -> torch.Tensor:
+        """Embeddings of a right-padded batch, ``[batch, dim]``, L2-normalised, in float32. Or of ``chunks``
+        (``train.loader.Chunk``: groups of texts padded to their own length, with their positions in the batch):
+        run one after another inside this one call (one DDP forward, one backward), returned in batch order."""
+        if chunks is not None:
+            device = self.device
+            embeddings = torch.cat([self(c.input_ids.to(device), c.attention_mask.to(device), c.lengths.to(device))
+                                    for c in chunks])
+            positions = torch.cat([c.positions for c in chunks]).to(device)
+            return embeddings[torch.argsort(positions)]
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.pooling == "last_token":
             pooled = last_token_pool(hidden, lengths)

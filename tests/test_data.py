@@ -223,3 +223,32 @@ def test_f2llm_mix_task_types_follow_the_released_sources():
     assert infer_task_type("msmarco.parquet") == "retrieval"
     recipe = load_recipe("f2llm_v1")
     assert recipe.source["data_files"] == "all" and recipe.max_samples == 20000
+
+
+def test_a_mix_curates_into_one_folder_with_one_corpus(shared_data, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from f2llm_lib.data.tokenized import TokenizedData
+
+    run_recipe("local_mix", tmp_path / "mix", backbone="tiny-qwen3", max_length=64, show_progress=False)
+    data = TokenizedData(tmp_path / "mix" / "tokenized")
+    assert set(data.datasets) == {"banking77_local", "stsbenchmark_local"}
+    assert data.manifest["recipes"] == ["banking77_local", "stsbenchmark_local"]
+    # one corpus: every dataset's positives and negatives index the same table
+    for arrays in data.datasets.values():
+        assert int(arrays.positive.max()) < len(data.corpus)
+    # the mining rule's shortfall on Banking77 (BM25 over 77 intents) is said out loud, with the policy
+    assert "WARNING dataset banking77_local" in capsys.readouterr().err
+    out = subprocess.run([sys.executable, "-m", "f2llm_lib.data.pipeline", "banking77_local", "stsbenchmark_local",
+                          "--out", str(tmp_path / "cli"), "--backbone", "tiny-qwen3", "--max-length", "64"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cli = TokenizedData(tmp_path / "cli" / "tokenized")
+    assert cli.manifest["queries_per_dataset"] == data.manifest["queries_per_dataset"]
+    assert cli.manifest["corpus_size"] == data.manifest["corpus_size"]
+
+
+def test_a_mix_refuses_two_datasets_of_one_name(tmp_path):
+    with pytest.raises(DataError, match="also come from an earlier recipe"):
+        run_recipe(["pycode", "pycode"], tmp_path / "twice", backbone="tiny-qwen3", show_progress=False)

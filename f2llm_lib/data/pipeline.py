@@ -1,6 +1,7 @@
-"""One recipe end to end: read -> build tuples -> decontaminate -> mine hard negatives -> tokenize -> manifest.
+"""Recipes end to end: read -> build tuples -> decontaminate -> mine hard negatives -> tokenize -> manifest.
 
     python -m f2llm_lib.data.pipeline pycode --out runs/data/pycode --scorer bm25
+    python -m f2llm_lib.data.pipeline banking77_local stsbenchmark_local --out runs/data/mix   # one corpus
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from .recipes import (
     Recipe,
     build_examples,
     build_pycode_examples,
+    expand_mix,
     f2llm_mix_files,
     infer_task_type,
-    load_recipe,
     read_records,
     resolve_path,
 )
@@ -132,6 +133,7 @@ def curate(recipe: Recipe, scorer_spec: str | None = None, num_layers: int | Non
                 query_groups=info.get("query_groups"), corpus_groups=info.get("corpus_groups"), seed=recipe.seed,
                 show_progress=show_progress)
             result.mining[name] = report
+            warn_shortfall(name, report)
             tuples = [TrainingTuple(t.dataset, t.task_type, t.instruction, t.query, t.positive, n)
                       for t, n in zip(tuples, negatives, strict=True) if n is not None]
         tuples = [validate_tuple(t, f"{recipe.path}: dataset {name}, tuple {i}") for i, t in enumerate(tuples)]
@@ -141,6 +143,21 @@ def curate(recipe: Recipe, scorer_spec: str | None = None, num_layers: int | Non
                   f"rows of {len(tuples)}: repeated pairs become false in-batch negatives of each other",
                   file=sys.stderr, flush=True)
     return result
+
+
+SHORTFALL_WARNING = 0.10  # warn when more than this share of a dataset's queries lacked mined negatives
+
+
+def warn_shortfall(name: str, report) -> None:
+    """Say it loudly when F2LLM's mining rule found too few negatives for many queries, and what was done."""
+    if report.queries and report.short_before_fill / report.queries > SHORTFALL_WARNING:
+        policy = {"random_fill": f"filled with random candidates ({report.filled_randomly} queries)",
+                  "keep": "kept with fewer negatives", "drop": f"dropped ({report.dropped} queries)"}
+        print(f"[curate] WARNING dataset {name}: {report.short_before_fill} of {report.queries} queries "
+              f"({report.short_before_fill / report.queries:.0%}) had fewer than {report.config.get('num_negatives')} "
+              f"negatives passing the mining rule; {policy[report.config.get('on_shortfall', 'random_fill')]}. A "
+              "scorer that separates the data better (an embedding model) or a wider range_max gives real hard "
+              "negatives", file=sys.stderr, flush=True)
 
 
 def drop_duplicates(tuples: list[TrainingTuple]) -> tuple[list[TrainingTuple], int]:
@@ -186,12 +203,13 @@ def check_output_dir(out_dir: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def run_recipe(recipe_path: str | Path, out_dir: str | Path, backbone: str = "smollm2-135m",
+def run_recipe(recipe_path: str | Path | list, out_dir: str | Path, backbone: str = "smollm2-135m",
                scorer_spec: str | None = None, max_length: int = 256, num_layers: int | None = None,
                show_progress: bool = True) -> CurationResult:
-    """Curate one recipe and write tuples, tokenized files (with ``backbone``'s own tokenizer), reports and the
-    manifest to ``out_dir``, as a whole: everything is written to a hidden sibling folder that replaces ``out_dir``
-    only once complete, so an interrupted run leaves the previous output intact and never a mix of two runs."""
+    """Curate one recipe, a mix recipe (``mix: [recipe, ...]``) or a list of recipes, and write tuples, tokenized
+    files (one corpus for all, with ``backbone``'s own tokenizer), reports and the manifest to ``out_dir``, as a
+    whole: everything is written to a hidden sibling folder that replaces ``out_dir`` only once complete, so an
+    interrupted run leaves the previous output intact and never a mix of two runs."""
     from ..backbones import load_tokenizer
 
     out_dir = Path(out_dir)
@@ -199,21 +217,36 @@ def run_recipe(recipe_path: str | Path, out_dir: str | Path, backbone: str = "sm
         raise DataError(f"--max-length must be at least 2 (one token and the EOS), got {max_length}")
     check_output_dir(out_dir)  # before anything expensive
     tokenizer = load_tokenizer(backbone)  # a wrong spec fails in seconds, not after mining
-    recipe = load_recipe(recipe_path)
-    result = curate(recipe, scorer_spec, num_layers, show_progress)
+    specs = recipe_path if isinstance(recipe_path, list | tuple) else [recipe_path]
+    recipes = [r for spec in specs for r in expand_mix(spec)]  # all parsed before any is curated
+    result = CurationResult(datasets={})
+    for recipe in recipes:
+        part = curate(recipe, scorer_spec, num_layers, show_progress)
+        clash = sorted(set(part.datasets) & set(result.datasets))
+        if clash:
+            raise DataError(f"{recipe.path}: dataset name(s) {clash} also come from an earlier recipe of the mix; "
+                            "give each recipe its own name")
+        result.datasets.update(part.datasets)
+        result.mining.update(part.mining)
+        result.duplicates.update(part.duplicates)
+        result.decontamination.per_dataset.update(part.decontamination.per_dataset)
+    recipe = recipes[0] if len(recipes) == 1 else None
     if not any(result.datasets.values()):
-        raise DataError(f"{recipe.path}: no tuples survived curation; check the source and the recipe's filters")
+        raise DataError(f"{', '.join(str(r.path) for r in recipes)}: no tuples survived curation; check the "
+                        "sources and the recipes' filters")
     reports = {"mining": {k: v.summary() for k, v in result.mining.items()},
                "decontamination": result.decontamination.per_dataset, "duplicates_dropped": result.duplicates}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-curating-", dir=out_dir.parent))
     try:
+        names = [r.name for r in recipes]
+        provenance = {"recipe": recipe.name if recipe else "+".join(names), "recipes": names,
+                      "recipe_sha1": {r.name: r.digest for r in recipes}, "backbone": backbone}
         result.manifest = write_training_files(result.datasets, tokenizer, work / "tokenized", max_length,
-                                               {"recipe": recipe.name, "recipe_sha1": recipe.digest,
-                                                "backbone": backbone, **reports})
+                                               {**provenance, **reports})
         write_tuples(result, work)
         (work / "reports.json").write_text(json.dumps(reports, indent=2))
-        (work / OUTPUT_MARKER).write_text(json.dumps({"recipe": recipe.name, "backbone": backbone}))
+        (work / OUTPUT_MARKER).write_text(json.dumps(provenance))
         _replace(work, out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -234,8 +267,9 @@ def _replace(new: Path, target: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     from ..backbones import BackboneError
 
-    parser = argparse.ArgumentParser(description="Curate one data recipe into F2LLM training files.")
-    parser.add_argument("recipe", help="a recipe name in data_recipes/ or a path to a .yaml file")
+    parser = argparse.ArgumentParser(description="Curate data recipes into one folder of F2LLM training files.")
+    parser.add_argument("recipes", nargs="+", help="recipe names in data_recipes/ or paths to .yaml files (a mix: "
+                        "all curated into one corpus); a recipe with 'mix:' lists others")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--scorer", default=None, help="bm25 or a model spec (default: the recipe's)")
     parser.add_argument("--num-layers", type=int, default=0, help="layer-pruned scorer for speed (0: all)")
@@ -244,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the model the data is for: its tokenizer tokenizes (smollm2-135m, a hub id, a folder)")
     args = parser.parse_args(argv)
     try:
-        result = run_recipe(args.recipe, args.out, backbone=args.backbone, scorer_spec=args.scorer,
+        result = run_recipe(args.recipes, args.out, backbone=args.backbone, scorer_spec=args.scorer,
                             max_length=args.max_length, num_layers=args.num_layers or None)
     except (DataError, BackboneError, TokenizedDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)

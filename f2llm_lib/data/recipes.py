@@ -86,19 +86,47 @@ def _typed(mapping: dict, key: str, kind: type | tuple, where: str, required: bo
     return value
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Parse and check one recipe file (``yaml.safe_load``; no tags, no code)."""
+def expand_mix(spec: str | Path, seen: tuple = ()) -> list[Recipe]:
+    """A recipe, or the recipes a mix recipe lists (``name: ...`` and ``mix: [recipe, ...]``, nothing else)."""
+    path = _recipe_path(spec)
+    data = _read_yaml(path)
+    if not isinstance(data, dict) or "mix" not in data:
+        return [load_recipe(path)]
+    _unknown(data, {"name", "description", "mix"}, str(path))
+    members = data["mix"]
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+        raise DataError(f"{path}: mix must be a non-empty list of recipe names or paths")
+    if str(path) in seen:
+        raise DataError(f"{path}: a mix that includes itself ({' -> '.join(seen)})")
+    return [r for member in members for r in expand_mix(member, (*seen, str(path)))]
+
+
+def _recipe_path(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists() and (RECIPE_DIR / f"{path}.yaml").exists():
         path = RECIPE_DIR / f"{path}.yaml"
+    return path
+
+
+def _read_yaml(path: Path):
     where = str(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         known = ", ".join(sorted(p.stem for p in RECIPE_DIR.glob("*.yaml")))
         raise DataError(f"{where}: recipe not found; shipped recipes: {known}") from exc
     except yaml.YAMLError as exc:
         raise DataError(f"{where}: malformed YAML: {exc}") from exc
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Parse and check one recipe file (``yaml.safe_load``; no tags, no code)."""
+    path = _recipe_path(path)
+    where = str(path)
+    data = _read_yaml(path)
+    if isinstance(data, dict) and "mix" in data:
+        raise DataError(f"{where}: a mix recipe; curate it with the pipeline (run_recipe / the command line), "
+                        "which reads its members")
     if not isinstance(data, dict):
         raise DataError(f"{where}: a recipe must be a mapping of keys to values")
     _unknown(data, TOP_KEYS, where)

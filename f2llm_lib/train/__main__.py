@@ -42,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as exc:
         print(f"error: training diverged: {exc}", file=sys.stderr)
         return 3
-    print(json.dumps({"steps": result["steps"], "final_loss": result["history"][-1]["loss"] if result["history"]
-                      else None, "export": result.get("export")}))
+    history = result["history"]
+    print(json.dumps({"steps": result["steps"], "final_loss": result["final_loss"],
+                      "final_loss_window": min(len(history), 10),
+                      "last_batch_loss": history[-1]["loss"] if history else None, "export": result.get("export")}))
     return 0
 
 

@@ -24,6 +24,8 @@ class TrainConfig:
     num_negatives: int = 7  # hard negatives sampled per query from the stored ones (F2LLM: 7 retrieval)
     clustering_negatives: int = 0  # negatives per clustering query (F2LLM-v2: 9; 0: num_negatives); classification: 1
     sampling: str = "per_query"  # per_query, or released: F2LLM's fixed dataset weights + one negative draw per batch
+    padding: str = "sorted"  # sorted: texts run in groups of similar length; single: one pad length (F2LLM's collate)
+    max_padding: float = 0.05  # sorted: the fewest groups that waste at most this fraction of the tokens run
     grad_accum: int = 1
     lr: float = 2e-5  # F2LLM-4B: 8e-6
     min_lr: float = 1e-7
@@ -46,6 +48,12 @@ class TrainConfig:
     log_every: int = 1
     seed: int = 0
     divergence_guard: bool = True  # stop on a non-finite loss or collapsed embeddings (see train/guard.py)
+    teacher: str = ""  # distillation teacher (F2LLM-v2): minilm (offline), a sentence-transformers id or folder
+    distill_weight: float = 1.0  # weight of the distillation term (F2LLM-v2: 1.0)
+    distill_loss: str = "mse"  # mse (F2LLM-v2: student's prefix vs teacher) or kl (batch similarity distributions)
+    lora_rank: int = 0  # LoRA adapters of this rank on lora_targets instead of full finetuning (0: off)
+    lora_alpha: float = 32.0  # LoRA scaling numerator (scale = alpha / rank)
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # attention and MLP projections
     allow_pickled_checkpoints: bool = False  # resume DeepSpeed checkpoints (DeepSpeed unpickles them): yours only
 
     @classmethod
@@ -80,6 +88,10 @@ class TrainConfig:
             raise ConfigError(f"{source}: mixed_precision must be no, bf16 or fp16")
         if config.sampling not in ("per_query", "released"):
             raise ConfigError(f"{source}: sampling must be per_query or released, got {config.sampling!r}")
+        if config.distill_loss not in ("mse", "kl"):
+            raise ConfigError(f"{source}: distill_loss must be mse or kl, got {config.distill_loss!r}")
+        if config.padding not in ("sorted", "single"):
+            raise ConfigError(f"{source}: padding must be sorted or single, got {config.padding!r}")
         config._check_ranges(source)
         return config
 
@@ -96,6 +108,9 @@ class TrainConfig:
             (self.warmup_steps >= 0, "warmup_steps", "0 or more"),
             (self.temperature > 0, "temperature", "positive (logits are cosine / temperature)"),
             (0 <= self.val_fraction < 1, "val_fraction", "in [0, 1)"),
+            (0 < self.max_padding < 1, "max_padding", "in (0, 1)"),
+            (self.distill_weight >= 0, "distill_weight", "0 or more"),
+            (self.lora_rank >= 0 and self.lora_alpha > 0, "lora_rank/lora_alpha", "rank >= 0 (0: off), alpha > 0"),
             (self.max_length == 0 or self.max_length >= 2, "max_length", "0 (the data's) or at least 2 (text + EOS)"),
             (self.grad_clip >= 0, "grad_clip", "0 (off) or positive"),
             (self.eval_every >= 1 and self.save_every >= 1 and self.log_every >= 1, "eval_every/save_every/log_every",

@@ -13,6 +13,9 @@
 - Negatives per task type: ``num_negatives`` for retrieval, ``clustering_negatives`` for clustering (F2LLM-v2: 9),
   always 1 for classification (F2LLM: the one other label).
 - ``max_length`` truncates each text as F2LLM's collate does: its first max_length - 1 tokens, then EOS.
+- ``padding``: ``sorted`` (default) runs a step's texts in groups of similar length, each padded to its own longest,
+  the fewest groups that waste at most ``max_padding`` of the tokens run; ``single`` pads everything to one length,
+  as F2LLM's released collate does. The loss is the same; only wasted compute differs.
 - Some rows of every dataset (``val_fraction``) are held out for per-dataset validation losses.
 - The position (epoch, step in epoch) is the whole state: a resumed run continues mid-epoch exactly.
 Nothing is loaded: the corpus and queries stay memory-mapped (``data.tokenized``), so a loader over billions of
@@ -32,32 +35,113 @@ from ..data.tokenized import TokenizedData, TokenizedDataError
 SAMPLING = ("per_query", "released")
 
 
+PADDING = ("sorted", "single")
+
+
 @dataclass
-class Batch:
-    dataset: str
-    task_type: str
-    input_ids: torch.Tensor  # [B + B + B*k, T]: queries, positives, negatives
+class Chunk:
+    """Texts padded together: [rows, T] ids, mask from lengths, and where its rows go in the batch."""
+
+    input_ids: torch.Tensor
     attention_mask: torch.Tensor
     lengths: torch.Tensor
+    positions: torch.Tensor
+
+
+@dataclass
+class Batch:
+    """One step's texts, in F2LLM's layout [B queries | B positives | B x k negatives], run in ``chunks``: groups of
+    texts of similar length, each padded to its own longest (``padding="sorted"``), or one chunk for everything
+    (``"single"``, F2LLM's released collate). Embeddings do not depend on how texts are grouped, so the loss is the
+    same either way; only the padding (wasted compute) differs."""
+
+    dataset: str
+    task_type: str
+    texts: list[np.ndarray]
+    chunks: list[Chunk]
     batch_size: int
     num_negatives: int
+    pad_id: int = 0
+    query_rows: np.ndarray | None = None  # where its texts come from (the teacher's vectors are looked up by these)
+    doc_ids: np.ndarray | None = None  # positives, then negatives, in batch order
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return torch.as_tensor([len(t) for t in self.texts], dtype=torch.long)
 
     @property
     def tokens(self) -> int:
-        return int(self.lengths.sum())
+        return int(sum(len(t) for t in self.texts))
+
+    @property
+    def padded_tokens(self) -> int:
+        """Tokens the model actually runs: every chunk's rows x its width."""
+        return int(sum(c.input_ids.numel() for c in self.chunks))
 
     @property
     def padding_fraction(self) -> float:
-        return 1.0 - self.tokens / self.input_ids.numel()
+        return 1.0 - self.tokens / self.padded_tokens
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """All texts in batch order, padded to the longest (for inspection and tests; training runs the chunks)."""
+        return _pad(self.texts, self.pad_id)[0]
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return _pad(self.texts, self.pad_id)[1]
+
+
+def _pad(texts: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+    width = int(lengths.max())
+    input_ids = np.full((len(texts), width), pad_id, dtype=np.int64)
+    for row, tokens in enumerate(texts):
+        input_ids[row, : len(tokens)] = tokens
+    lengths_t = torch.from_numpy(lengths)
+    mask = (torch.arange(width)[None, :] < lengths_t[:, None]).long()  # from lengths, never from ids
+    return torch.from_numpy(input_ids), mask, lengths_t
+
+
+def length_groups(lengths: np.ndarray, max_padding: float) -> list[np.ndarray]:
+    """Split texts into the fewest groups whose padded area wastes at most ``max_padding`` of it, each group padded
+    to its own longest text. Sorted by length, the best split into k groups is found by dynamic programming over
+    the sorted order (a group is a run of neighbours); k grows until the waste is small enough."""
+    order = np.argsort(-lengths, kind="stable")
+    ranked = lengths[order].astype(np.int64)
+    n, tokens = len(ranked), int(ranked.sum())
+    budget = tokens / (1.0 - max_padding)
+    positions = np.arange(n)
+    best = (positions + 1) * ranked[0]  # one group: every text padded to the longest (best[i]: first i + 1 texts)
+    cuts = [np.zeros(n, dtype=np.int64)]  # cuts[k][i]: where the last group starts in the best k + 1 split
+    while best[-1] > budget and len(cuts) < n:
+        new_best = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+        new_cut = np.zeros(n, dtype=np.int64)
+        for i in range(len(cuts), n):  # the last group is texts m..i, m >= 1, padded to ranked[m] (sorted descending)
+            m = np.arange(len(cuts), i + 1)
+            area = best[m - 1] + (i - m + 1) * ranked[m]
+            j = int(np.argmin(area))
+            new_best[i], new_cut[i] = area[j], m[j]
+        best = new_best
+        cuts.append(new_cut)
+    groups, end = [], n
+    for k in range(len(cuts) - 1, -1, -1):
+        start = int(cuts[k][end - 1]) if k else 0
+        groups.append(order[start:end])
+        end = start
+    return groups[::-1]
 
 
 class MultitaskLoader:
     def __init__(self, data_dir: str | Path, per_device_batch: int, num_negatives: int, pad_id: int,
                  rank: int = 0, world_size: int = 1, seed: int = 0, val_fraction: float = 0.01,
                  max_length: int | None = None, sampling: str = "per_query", clustering_negatives: int = 0,
-                 eos_id: int | None = None) -> None:
+                 eos_id: int | None = None, padding: str = "sorted", max_padding: float = 0.05) -> None:
         if sampling not in SAMPLING:
             raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
+        if padding not in PADDING:
+            raise ValueError(f"padding must be one of {PADDING}, got {padding!r}")
+        self.padding, self.max_padding = padding, max_padding
         self.data = TokenizedData(data_dir)
         self.data_dir = Path(data_dir)
         self.max_length = max_length or self.data.max_length
@@ -185,13 +269,13 @@ class MultitaskLoader:
         lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
         if lengths.min() == 0:
             raise TokenizedDataError(f"{self.data_dir}: an empty text in dataset {name!r}; re-run the data pipeline")
-        width = int(lengths.max())
-        input_ids = np.full((len(texts), width), self.pad_id, dtype=np.int64)
-        for row, tokens in enumerate(texts):
-            input_ids[row, : len(tokens)] = tokens
-        lengths_t = torch.from_numpy(lengths)
-        mask = (torch.arange(width)[None, :] < lengths_t[:, None]).long()  # from lengths, never from ids
-        return Batch(name, arrays.task_type, torch.from_numpy(input_ids), mask, lengths_t, len(rows), k)
+        groups = length_groups(lengths, self.max_padding) if self.padding == "sorted" else [np.arange(len(texts))]
+        chunks = []
+        for group in groups:
+            input_ids, mask, chunk_lengths = _pad([texts[i] for i in group], self.pad_id)
+            chunks.append(Chunk(input_ids, mask, chunk_lengths, torch.from_numpy(np.asarray(group, dtype=np.int64))))
+        return Batch(name, arrays.task_type, texts, chunks, len(rows), k, self.pad_id,
+                     np.asarray(rows, dtype=np.int64), np.asarray(doc_ids, dtype=np.int64))
 
     def next_batch(self) -> Batch:
         if self._plan_epoch != self.epoch:

@@ -40,6 +40,7 @@ from .checkpoints import (
     truncate_metrics,
 )
 from .config import TrainConfig
+from .distill import TeacherEmbeddings, distill_loss, teacher_cache
 from .guard import DivergenceGuard, batch_statistics
 from .loader import Batch, MultitaskLoader
 
@@ -57,15 +58,43 @@ def cosine_with_floor(config: TrainConfig):
     return factor
 
 
-def batch_loss(encoder, batch: Batch, config: TrainConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, the batch's embeddings) for one micro-batch."""
-    emb = encoder(batch.input_ids.to(device), batch.attention_mask.to(device), batch.lengths.to(device))
+def batch_loss(encoder, batch: Batch, config: TrainConfig, device,
+               teacher: TeacherEmbeddings | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, the batch's embeddings) for one micro-batch: F2LLM's contrastive loss, plus the distillation term
+    when a teacher is given."""
+    emb = encoder(chunks=batch.chunks)
     size, k = batch.batch_size, batch.num_negatives
     negatives = emb[2 * size:].view(size, k, -1) if k else None
     loss = contrastive_loss(emb[:size], emb[size:2 * size], negatives, in_batch=batch.task_type == "retrieval",
                             temperature=config.temperature, mrl_dims="f2llm_v2" if config.mrl else None,
                             impl=config.loss_impl, stop_grad_gather=config.stop_grad_gather)
+    if teacher is not None and config.distill_weight > 0:
+        targets = teacher.lookup(batch.dataset, batch.query_rows, batch.doc_ids)
+        loss = loss + config.distill_weight * distill_loss(emb, targets, config.distill_loss, config.temperature)
     return loss, emb
+
+
+SMOOTHING = 10  # steps averaged for the progress bar's and the summary's loss (one batch's loss is noisy)
+
+
+def add_lora(model, config: TrainConfig):
+    """LoRA adapters (peft) on the attention and MLP projections; only they train."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = [t.strip() for t in config.lora_targets.split(",") if t.strip()]
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in targets if t not in present]
+    if missing:
+        raise ValueError(f"lora_targets {missing} are not modules of {config.model} (it has e.g. "
+                         f"{sorted(n for n in present if n.endswith('proj'))[:8]})")
+    return get_peft_model(model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                                            target_modules=targets))
+
+
+def smoothed_loss(history: list[dict], window: int = SMOOTHING) -> float | None:
+    """The mean loss of the last ``window`` steps (each step's loss is one dataset's batch: noisy)."""
+    recent = [h["loss"] for h in history[-window:]]
+    return sum(recent) / len(recent) if recent else None
 
 
 def configure_deepspeed(accelerator: Accelerator, config: TrainConfig) -> dict | None:
@@ -119,7 +148,8 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dic
     loader = MultitaskLoader(config.data_dir, config.per_device_batch, config.num_negatives, tokenizer.pad_token_id,
                              accelerator.process_index, accelerator.num_processes, config.seed, config.val_fraction,
                              max_length=config.max_length or None, sampling=config.sampling,
-                             clustering_negatives=config.clustering_negatives, eos_id=tokenizer.eos_token_id)
+                             clustering_negatives=config.clustering_negatives, eos_id=tokenizer.eos_token_id,
+                             padding=config.padding, max_padding=config.max_padding)
     check_same_tokenizer(loader.data.tokenizer, tokenizer, f"the data in {config.data_dir}", config.model)
     model, tokenizer = load_backbone(config.model, num_layers=config.num_layers or None, seed=config.seed)
     rows, ids = model.get_input_embeddings().num_embeddings, loader.data.tokenizer["vocab_size"]
@@ -127,9 +157,16 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dic
         raise TokenizedDataError(f"{config.model} has {rows} embedding rows, fewer than the {ids} token ids its "
                                  f"tokenizer (and the data in {config.data_dir}) can use: the model and tokenizer "
                                  "files do not belong together")
+    if config.lora_rank:
+        model = add_lora(model, config)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
+    teacher = None
+    if config.teacher:
+        with accelerator.main_process_first():  # the main process computes the cache once; the others read it
+            folder = teacher_cache(config.data_dir, config.teacher, tokenizer, log=accelerator.print)
+        teacher = TeacherEmbeddings(folder)
     encoder = F2LLMEncoder(model, tokenizer, max_length=loader.max_length)
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
                                   weight_decay=config.weight_decay)
@@ -154,9 +191,9 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dic
         losses, stats = [], []
         for _ in range(config.grad_accum):
             batch = loader.next_batch()
-            tokens, padded = tokens + batch.tokens, padded + batch.input_ids.numel()
+            tokens, padded = tokens + batch.tokens, padded + batch.padded_tokens
             with accelerator.accumulate(encoder):
-                loss, embeddings = batch_loss(encoder, batch, config, accelerator.device)
+                loss, embeddings = batch_loss(encoder, batch, config, accelerator.device, teacher)
                 stats.append(batch_statistics(embeddings))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.grad_clip > 0:
@@ -184,18 +221,23 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dic
             accelerator.log(scalars, step=step + 1)
             with metrics_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{mean_loss:.3f}", ds=batch.dataset[:12])
+            recent = [h["loss"] for h in history[-SMOOTHING - 1:]] + [mean_loss]
+            bar.set_postfix(loss=f"{mean_loss:.3f}", smoothed=f"{sum(recent) / len(recent):.3f}",
+                            tok_s=f"{record['tokens_per_second']:.0f}", ds=batch.dataset[:12])
         history.append(record)
         guard.check(step + 1, mean_loss, batch_stats, record["lr"])  # before saving: the last checkpoint stays good
         if (step + 1) % config.save_every == 0 or step + 1 == last:
             save_checkpoint(accelerator, output_dir, step + 1, loader)
         if kill_after and step + 1 == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
-    result = {"steps": last, "history": history}
+    result = {"steps": last, "history": history, "final_loss": smoothed_loss(history)}
     if export and accelerator.is_main_process:
         from ..export import export_sentence_transformers
 
-        result["export"] = str(export_sentence_transformers(accelerator.unwrap_model(encoder), output_dir / "final"))
+        final = accelerator.unwrap_model(encoder)
+        if config.lora_rank:  # the adapters merged into the weights: the export is a plain model
+            final = F2LLMEncoder(final.backbone.merge_and_unload(), final.tokenizer, final.max_length)
+        result["export"] = str(export_sentence_transformers(final, output_dir / "final"))
     accelerator.wait_for_everyone()
     accelerator.end_training()  # last: it also tears the process group down
     return result
@@ -252,8 +294,7 @@ def validate(encoder, loader: MultitaskLoader, config: TrainConfig, accelerator:
     encoder.eval()
     out = {}
     for batch in loader.validation_batches(config.val_batches):
-        emb = encoder(batch.input_ids.to(accelerator.device), batch.attention_mask.to(accelerator.device),
-                      batch.lengths.to(accelerator.device))
+        emb = encoder(chunks=batch.chunks)
         size, k, dim = batch.batch_size, batch.num_negatives, emb.shape[1]
         negatives = emb[2 * size:].view(size, k, -1) if k else None
         dims = mrl_levels(dim) if config.mrl else [dim]
