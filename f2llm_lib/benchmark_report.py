@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 from pathlib import Path
 
 from .paths import REPO_ROOT
@@ -90,19 +91,61 @@ def gpu_section(run: Path | None = None) -> str:
     return "\n".join(lines)
 
 
+CPU_START, CPU_END = "<!-- cpu-benchmarks:start -->", "<!-- cpu-benchmarks:end -->"
+TRAIN_CPU = REPO_ROOT / "benchmarks" / "train-cpu-2core" / "train_benchmark.csv"
+SCALE_CPU = REPO_ROOT / "benchmarks" / "scale-cpu-2core"
+
+
+def cpu_section() -> str:
+    """The trainer benchmark and the data-scale benchmark of this repository's CPU machine."""
+    lines = []
+    if TRAIN_CPU.exists():
+        rows = _rows(TRAIN_CPU)
+        lines += [f"Trainer throughput (`python -m f2llm_lib.train.benchmark`, {rows[0]['device']}, "
+                  f"{rows[0]['precision']}, {rows[0]['batch']} queries x (2 + {rows[0]['negatives']}) texts, max "
+                  f"length {rows[0]['max_length']}, {rows[0]['steps']} steps; `benchmarks/train-cpu-2core/`, "
+                  "2-core machine):", "",
+                  "| model | trainer | real tokens/s | step ms | padding | vs sentence-transformers |",
+                  "|---|---|---|---|---|---|"]
+        for row in rows:
+            lines.append(f"| {row['model']} ({row['layers']} layers) | {row['trainer']} | "
+                         f"{float(row['tokens_per_second']):,.0f} | {float(row['step_ms']):,.0f} | "
+                         f"{float(row['padding_fraction']):.1%} | {row['speed_vs_sentence_transformers']}x |")
+    if (SCALE_CPU / "scale.csv").exists():
+        fits = json.loads((SCALE_CPU / "scale_fit.json").read_text()) if (SCALE_CPU / "scale_fit.json").exists() \
+            else {}
+        lines += ["", "Tokenized data at scale (`python -m f2llm_lib.data.scale_benchmark`, synthetic F2LLM-shaped "
+                  f"tuples of 24 negatives; `benchmarks/scale-cpu-2core/`, fitted write-time exponent "
+                  f"{fits.get('write_seconds_exponent', '-')}):", "",
+                  "| queries | corpus tokens | write s | writer peak RSS MB | loader start s | loader RSS growth MB "
+                  "(private) | ms per batch |", "|---|---|---|---|---|---|---|"]
+        for row in _rows(SCALE_CPU / "scale.csv"):
+            lines.append(f"| {int(row['tuples']):,} | {int(row['corpus_tokens']):,} | "
+                         f"{float(row['write_seconds']):,.1f} | {float(row['write_peak_rss_mb']):,.0f} | "
+                         f"{float(row['loader_start_seconds']):.3f} | "
+                         f"{float(row['loader_rss_growth_mb']):.1f} ({float(row['loader_anon_growth_mb']):.1f}) | "
+                         f"{float(row['batch_ms']):.1f} |")
+    return "\n".join(lines)
+
+
+def _replace_block(text: str, start: str, end: str, section: str, readme: Path) -> str:
+    if start not in text or end not in text:
+        raise ValueError(f"{readme}: add the markers {start} and {end} where the section goes")
+    head, rest = text.split(start, 1)
+    return head + start + "\n\n" + section + "\n\n" + end + rest.split(end, 1)[1]
+
+
 def update_readme(readme: Path = REPO_ROOT / "README.md", run: Path | None = None) -> str:
     section = gpu_section(run)
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{readme}: add the markers {README_START} and {README_END} where the section goes")
-    head, rest = text.split(README_START, 1)
-    readme.write_text(head + README_START + "\n\n" + section + "\n\n" + README_END + rest.split(README_END, 1)[1])
+    text = _replace_block(readme.read_text(), README_START, README_END, section, readme)
+    text = _replace_block(text, CPU_START, CPU_END, cpu_section(), readme)
+    readme.write_text(text)
     return section
 
 
-def readme_block(readme: Path = REPO_ROOT / "README.md") -> str:
+def readme_block(readme: Path = REPO_ROOT / "README.md", start: str = README_START, end: str = README_END) -> str:
     text = readme.read_text()
-    return text.split(README_START, 1)[1].split(README_END, 1)[0].strip()
+    return text.split(start, 1)[1].split(end, 1)[0].strip()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,44 @@
+"""Where more compute goes: a training run's checkpoints scored against the minutes of training that made them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from ..backbones import load_backbone
+from ..model import F2LLMEncoder
+from .mteb_model import F2LLMMtebModel
+from .run import evaluate
+
+
+def training_minutes(run_dir: Path) -> dict[int, float]:
+    """Cumulative training minutes at each logged step (from the run's metrics.jsonl)."""
+    minutes, total = {}, 0.0
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        total += row.get("step_seconds", 0.0) / 60
+        minutes[int(row["step"])] = round(total, 2)
+    return minutes
+
+
+def checkpoint_curve(run_dir: str | Path, backbone: str, num_layers: int | None, max_length: int, tasks: list,
+                     cache_dir: str | Path, batch_size: int = 32) -> list[dict]:
+    """Score every complete checkpoint of ``run_dir`` on ``tasks``; rows of (step, minutes, task, score). The
+    checkpoint's weights load into the backbone they were trained from (safetensors only)."""
+    run_dir = Path(run_dir)
+    minutes = training_minutes(run_dir)
+    rows = []
+    checkpoints = sorted((p for p in (run_dir / "checkpoints").glob("step_*") if (p / ".complete").exists()),
+                         key=lambda p: int(p.name.split("_")[1]))
+    for checkpoint in checkpoints:
+        step = int(checkpoint.name.split("_")[1])
+        model, tokenizer = load_backbone(backbone, num_layers=num_layers)
+        state = {k.removeprefix("backbone."): v for k, v in load_file(str(checkpoint / "model.safetensors")).items()}
+        model.load_state_dict(state)
+        encoder = F2LLMEncoder(model, tokenizer, max_length=max_length)
+        label = f"{run_dir.name}-step{step}"
+        for row in evaluate({label: F2LLMMtebModel(encoder, label, batch_size=batch_size)}, tasks, cache_dir):
+            rows.append({"step": step, "minutes": minutes.get(step), "task": row["task"], "score": row["score"]})
+    return rows
