@@ -8,6 +8,7 @@ The saved tokenizer appends EOS itself (a post-processor) and has no chat templa
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import tempfile
@@ -44,9 +45,6 @@ def export_sentence_transformers(encoder: F2LLMEncoder, out_dir: str | Path,
         backbone_dir = work / "backbone"
         encoder.backbone.save_pretrained(backbone_dir, safe_serialization=True)
         tokenizer = _tokenizer_appending_eos(encoder.tokenizer)
-        # the model's real limit (not the training length, which made every longer text look like an indexing error)
-        tokenizer.model_max_length = int(getattr(encoder.backbone.config, "max_position_embeddings", 0)
-                                         or tokenizer.model_max_length)
         tokenizer.save_pretrained(backbone_dir)
         (backbone_dir / "chat_template.jinja").unlink(missing_ok=True)
         transformer = models.Transformer(str(backbone_dir), max_seq_length=encoder.max_length)
@@ -55,9 +53,22 @@ def export_sentence_transformers(encoder: F2LLMEncoder, out_dir: str | Path,
         model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], prompts=prompts,
                                     similarity_fn_name="cosine", device="cpu")
         model.save(str(work / "model"))
+        # The export carries the model's real limit (sentence-transformers 6 keeps its truncation length as the
+        # tokenizer's), not the training length: with that, every longer text looked like an indexing error, and
+        # sentence-transformers cut it at the training length.
+        _set_model_max_length(work / "model" / "tokenizer_config.json",
+                              int(getattr(encoder.backbone.config, "max_position_embeddings", 0) or 0))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.rename(work / "model", out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out_dir
+
+
+def _set_model_max_length(path: Path, length: int) -> None:
+    if not length or not path.exists():
+        return
+    settings = json.loads(path.read_text())
+    settings["model_max_length"] = length
+    path.write_text(json.dumps(settings, indent=2, ensure_ascii=False))

@@ -36,6 +36,7 @@ CHAIN = {
     "03_multi_gpu_finetuning": {"DATA_DIR": ("01_data_curation", "tokenized_dir"),
                                 "BACKBONE": ("01_data_curation", "backbone")},
     "04_mteb_evaluation": {"CHECKPOINT": ("03_multi_gpu_finetuning", "checkpoint"),
+                           "RUN_DIR": ("03_multi_gpu_finetuning", "run_dir"),
                            "BACKBONE": ("03_multi_gpu_finetuning", "backbone"),
                            "NUM_LAYERS": ("03_multi_gpu_finetuning", "num_layers")},
 }

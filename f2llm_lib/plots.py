@@ -37,3 +37,21 @@ def plot_bars(values: dict[str, dict[str, float]], metric: str, title: str, path
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
+
+
+def plot_curve(rows: list[dict], references: dict[str, float], path: Path | None = None):
+    """Score against training minutes (``rows`` of checkpoint_curve), with horizontal lines for ``references``
+    (e.g. {"BM25": 47.5, "base (untrained)": 1.2}) on the same task."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    points = sorted((r["minutes"] or 0.0, r["score"]) for r in rows)
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label="finetuned checkpoints")
+    for (name, value), style in zip(sorted(references.items()), ["--", ":", "-.", (0, (1, 3))] * 3, strict=False):
+        ax.axhline(value, linestyle=style, color="gray", linewidth=1)
+        ax.text(0, value, f" {name} {value:.1f}", va="bottom", fontsize=7, color="dimgray")
+    ax.set_xlabel("training minutes")
+    ax.set_ylabel(f"{rows[0]['task']} score" if rows else "score")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

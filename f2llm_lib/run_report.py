@@ -62,10 +62,26 @@ def write_run_report(run_dir: str | Path) -> Path:
         wins = sum(verdict.values())
         lines += [f"Finetuned beats the untrained backbone on {wins} of {len(verdict)} tasks: "
                   + ", ".join(f"{t} {'yes' if v else 'NO'}" for t, v in verdict.items()) + ".", ""]
+    curve = evaluation.get("curve") or []
+    report["curve"] = curve
+    if curve:
+        task = curve[0]["task"]
+        references = {r["model"]: r["score"] for r in rows if r["task"] == task and r["model"] != "finetuned"}
+        lines += [f"## Where more compute goes: {task} against training minutes", "",
+                  "| step | training minutes | score |", "|---|---|---|"]
+        lines += [f"| {r['step']} | {r['minutes']} | {r['score']} |" for r in curve]
+        best = max(curve, key=lambda r: r["score"])
+        bm25 = references.get("BM25")
+        verdict = ("" if bm25 is None else
+                   f" BM25 scores {bm25}: the finetuned model {'beats' if best['score'] > bm25 else 'does NOT beat'}"
+                   " it within this run's budget.")
+        lines += ["", f"Best checkpoint: step {best['step']} ({best['minutes']} minutes), {best['score']}.{verdict}",
+                  ""]
     lines += ["## Wall time per notebook", "", "| notebook | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds} |" for name, seconds in report["notebook_seconds"].items()]
     lines += [f"| total | {round(sum(report['notebook_seconds'].values()), 1)} |", ""]
-    for notebook, plot in (("04_mteb_evaluation", "scores.png"), ("03_multi_gpu_finetuning", "loss_curves.png"),
+    for notebook, plot in (("04_mteb_evaluation", "scores.png"), ("04_mteb_evaluation", "curve.png"),
+                           ("03_multi_gpu_finetuning", "loss_curves.png"),
                            ("01_data_curation", "mining_scores.png")):
         if (run_dir / notebook / plot).exists():
             shutil.copy(run_dir / notebook / plot, run_dir / plot)

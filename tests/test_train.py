@@ -117,9 +117,10 @@ def test_export_loads_in_sentence_transformers_with_equal_embeddings(tmp_path, d
     model = SentenceTransformer(result["export"], device="cpu")
     theirs = model.encode(texts, convert_to_numpy=True)
     backbone, tokenizer = load_backbone(result["export"])
-    ours = F2LLMEncoder(backbone, tokenizer, max_length=48).encode(texts)
+    # the export carries the model's real length (4096), not the training length (48): texts are not cut at 48
+    assert model.max_seq_length == 4096 == tokenizer.model_max_length
+    ours = F2LLMEncoder(backbone, tokenizer, max_length=4096).encode(texts)
     np.testing.assert_allclose(theirs, ours, atol=1e-5)
-    assert model.max_seq_length == 48
 
 
 def test_loader_is_identical_across_world_sizes_and_resumable(data_dir):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+import warnings
 from pathlib import Path
 
 import mteb
@@ -46,6 +48,20 @@ def hub_tasks(names: str | list[str]) -> list:
     return list(mteb.get_tasks(tasks=names))
 
 
+@contextlib.contextmanager
+def quiet_evaluators():
+    """Silence, for the evaluation call only, the warnings mteb's evaluators repeat for every experiment of every
+    task (sklearn's logistic-regression convergence notes, numpy's runtime notes on tiny clusters); anything else,
+    and every warning outside this call, still shows."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"(sklearn|numpy|scipy)\.")
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"sklearn\.")
+        yield
+
+
 def evaluate(models: dict[str, object], tasks: list, cache_dir: str | Path,
              retrieval_only: set[str] | None = None) -> list[dict]:
     """Rows of (model, task, type, score); ``retrieval_only`` names models that only run retrieval (BM25)."""
@@ -57,7 +73,8 @@ def evaluate(models: dict[str, object], tasks: list, cache_dir: str | Path,
         usable = [t for t in tasks if label not in (retrieval_only or set()) or t.metadata.type == "Retrieval"]
         if not usable:
             continue
-        result = mteb.evaluate(model, usable, cache=cache, show_progress_bar=False)
+        with quiet_evaluators():
+            result = mteb.evaluate(model, usable, cache=cache, show_progress_bar=False)
         for task_result in result.task_results:
             task = next(t for t in usable if t.metadata.name == task_result.task_name)
             rows.append({"model": label, "task": task_result.task_name, "type": task.metadata.type,
