@@ -20,7 +20,7 @@ GPU_WHEELS := inf-cl==1.2.1 memeff==0.3.1 hjson==3.1.0 pydantic==2.14.4 pydantic
 GPU_PLATFORM := --python-version 3.12 --implementation cp --only-binary=:all: --platform manylinux_2_28_x86_64 \
 	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
 
-.PHONY: setup run test lint lock clean readme-report gpu-inputs
+.PHONY: setup run test lint lock clean readme-report gpu-inputs lab
 
 setup: $(STAMP)
 
@@ -36,6 +36,10 @@ $(STAMP): pyproject.toml ci/constraints.txt
 
 run: $(STAMP)
 	$(PY) ci/run_notebooks.py --profile $(PROFILE)
+
+# Explore: JupyterLab on the notebooks, with the f2llm kernel (Ctrl-C stops it). LAB_ARGS, e.g. --no-browser --port 8899.
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,) $(LAB_ARGS)
 
 readme-report: $(STAMP)
 	$(PY) -m f2llm_lib.run_report --update-readme

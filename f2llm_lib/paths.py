@@ -20,3 +20,15 @@ def shared_data_dir() -> Path | None:
     """The real public test data beside the project (``../shared/data``), or None when absent."""
     path = Path(os.environ.get("F2LLM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
     return path if path.is_dir() else None
+
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+def notebook_output_dir(path: str | Path) -> Path:
+    """A notebook's output folder, created: a relative ``OUTPUT_DIR`` is relative to the notebooks folder, whatever
+    the kernel's working directory (papermill gives it the caller's; JupyterLab the notebook's)."""
+    folder = Path(path).expanduser()
+    folder = folder if folder.is_absolute() else (NOTEBOOK_DIR / folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
