@@ -32,3 +32,15 @@ def notebook_output_dir(path: str | Path) -> Path:
     folder = folder if folder.is_absolute() else (NOTEBOOK_DIR / folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def write_results(out_dir: str | Path, results: dict) -> Path:
+    """A notebook's results as ``results.json`` in its output folder (through a temporary file and a rename)."""
+    import json
+
+    path = Path(out_dir) / "results.json"
+    tmp = path.with_name(".results.json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=str))
+    tmp.replace(path)
+    print(f"wrote {path}")
+    return path

@@ -27,7 +27,10 @@ def test_notebook_hygiene(path):
     for line in tagged[0].source.splitlines():
         if line.strip():
             assert ":" in line.split("=")[0] and "#" in line, f"typed scalar with a comment: {line!r}"
-    assert "results.json" in code_cells[-1].source, "the last cell writes the notebook's results as JSON"
+    assert "write_results(out_dir" in code_cells[-1].source, "the last cell writes the notebook's results as JSON"
+    sources = "\n".join(c.source for c in nb.cells)
+    assert "## " in sources and "Exercises" in sources and "Key takeaways" in sources, "exercises and takeaways"
+    assert "SOLUTIONS" in params, "a SOLUTIONS parameter fills in the exercises' reference answers"
     # papermill's own reader (papermill --help-notebook, its "unknown parameter" warning) must see every one
     from papermill.translators import PythonTranslator
 
@@ -48,6 +51,8 @@ def test_smoke_profile_runs_every_notebook_chained(tmp_path):
     for path in NOTEBOOKS:
         results[path.stem] = json.loads((tmp_path / path.stem / "results.json").read_text())
         assert results[path.stem]["notebook"] == path.stem
+        verdicts = results[path.stem]["exercises"]
+        assert len(verdicts) >= 2 and set(verdicts.values()) == {"passed"}, (path.stem, verdicts)  # SOLUTIONS on
     # chained: 01's tokenized data trained 03, whose checkpoint 04 evaluated
     assert results["03_multi_gpu_finetuning"]["data_dir"] == results["01_data_curation"]["tokenized_dir"]
     # and the backbone whose tokenizer made 01's data is the one 03 trains and 04 evaluates
