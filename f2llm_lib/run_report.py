@@ -106,8 +106,17 @@ def update_readme(run_dir: Path | None = None, readme: Path = REPO_ROOT / "READM
     report = json.loads((run_dir / "report.json").read_text())
     table = to_markdown(results_table(report["scores"]))
     seconds = round(sum(report["notebook_seconds"].values()))
+    times = ["| notebook | seconds |", "|---|---|"] + [f"| `{name.removesuffix('.ipynb')}` | {value} |"
+                                                       for name, value in report["notebook_seconds"].items()]
+    curve = report.get("curve") or []
+    curve_lines = []
+    if curve:
+        curve_lines = ["", f"{curve[0]['task']} of the finetuned checkpoints against training minutes:", "",
+                       "| step | minutes | score |", "|---|---|---|"]
+        curve_lines += [f"| {r['step']} | {r['minutes']} | {r['score']} |" for r in curve]
     block = "\n".join([README_START, "", f"From `make run` ({run_dir.name}), {report['created']}, on "
-                       f"{report['machine']}; all notebooks took {seconds} s.", "", table, "", README_END])
+                       f"{report['machine']}; all notebooks took {seconds} s.", "", table, "", *times,
+                       *curve_lines, "", README_END])
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         raise ValueError(f"{readme}: add the markers {README_START} and {README_END} where the table goes")

@@ -73,3 +73,39 @@ def test_gpu_qwen3_profile_names_a_slice_of_mteb_eng_v2():
     params = load_profile("gpu-qwen3", next(p for p in NOTEBOOKS if p.stem == "04_mteb_evaluation"))
     names = {t.metadata.name for t in mteb.get_benchmark("MTEB(eng, v2)").tasks}
     assert params["RUN_HUB"] and set(params["HUB_TASKS"].split(",")) <= names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_typed_numbers_that_can_drift(path):
+    """Times are measured (runs/<run>/timings.json, the README's generated blocks), never typed into a notebook; a
+    number in the hardware table's profile column must be a value of that profile (or a parameter's default)."""
+    import re
+
+    nb = nbformat.read(path, as_version=4)
+    durations = re.compile(r"(?<![\w.])\d[\d,.]*\s*(?:s|sec|seconds|min|minutes|hours?)\b|\babout \d")
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            assert not durations.search(cell.source), f"cell {index} types a duration: {durations.search(cell.source)}"
+    defaults = {str(p.default) for p in read_parameters(path).values()}
+    for line in nb.cells[0].source.splitlines():
+        profile = re.search(r"`(smoke|cpu|gpu|gpu-qwen3)`", line)
+        if not line.startswith("|") or not profile:
+            continue
+        values = {str(v) for v in load_profile(profile.group(1), path).values()} | defaults
+        column = line.strip("|").split("|")[1]
+        for number in re.findall(r"(?<![\w.(])\d[\d,]*(?![\w.])", column):
+            assert number.replace(",", "") in values, (
+                f"{path.stem}: the {profile.group(1)} row says {number}, which is no value of ci/params/"
+                f"{profile.group(1)}/{path.stem}.yaml nor a parameter default: {line.strip()}")
+
+
+def test_readme_types_no_durations_outside_its_generated_blocks():
+    import re
+
+    from f2llm_lib.paths import REPO_ROOT
+
+    text = (REPO_ROOT / "README.md").read_text()
+    for start, end in re.findall(r"(<!-- ([\w-]+):start -->)", text):
+        text = text[:text.index(start)] + text[text.index(f"<!-- {end}:end -->"):]
+    durations = re.compile(r"(?<![\w.])\d[\d,.]*\s*(?:s|sec|seconds|min|minutes|hours?|ms)\b|\babout \d")
+    assert not durations.search(text), f"typed in the README: {durations.search(text).group(0)!r}"
