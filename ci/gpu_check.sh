@@ -52,7 +52,7 @@ if [[ $parts != *,train,* ]]; then
 elif [ -f "$arch/config.json" ] && [ -f .gpu/pycode_retrieval.jsonl ]; then
   stamp "trainer benchmark"
   model=$(mktemp -d)/smollm2-135m-arch
-  cp -r "$arch" "$model" && $py -m f2llm_lib.backbones random-init "$model" >/dev/null
+  cp -r "$arch" "$model" && $py -m f2llm_lib.embedder.backbones random-init "$model" >/dev/null
   timeout 110 $py -m f2llm_lib.train.benchmark --device cuda --models "$model:0" --precision bf16 --batch 16 \
     --negatives 7 --max-length 256 --steps 12 --zero2 --tuples .gpu/pycode_retrieval.jsonl --out "$out/train" \
     && mv "$out/train/train_benchmark.csv" "$out/" && rm -rf "$out/train" || status=1

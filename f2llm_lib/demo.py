@@ -42,3 +42,30 @@ def similarity_diagnostics(embeddings: np.ndarray, groups: list[str]) -> dict[st
         "gap": float(paraphrase.mean() - unrelated.mean()),
         "top1_paraphrase_accuracy": accuracy,
     }
+
+
+def padding_pitfall(model, tokenizer, texts: list[str], groups: list[str], max_length: int) -> dict[str, dict]:
+    """The padding-side pitfall, live: one right-padded batch pooled at each row's last real token (right) and at
+    position -1 (the common bug), against each text embedded alone (no padding at all).
+
+    Per pooling: ``alone_cosine`` = mean cosine between a text's embedding in the batch and alone (1.0 means the
+    embedding does not depend on the batch it was padded in), ``rows_pooling_a_pad``, and the similarity
+    diagnostics of :func:`similarity_diagnostics`.
+    """
+    import torch
+
+    from .embedder.pooling import last_token_pool, normalize
+    from .embedder.tokenization import pad_batch, tokenize_with_eos
+
+    ids = tokenize_with_eos(tokenizer, texts, max_length)
+    input_ids, attention_mask, lengths = pad_batch(ids, tokenizer.pad_token_id, padding_side="right")
+    with torch.no_grad():
+        hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
+        alone = torch.cat([model(input_ids=torch.tensor([row])).last_hidden_state[:, -1].float() for row in ids])
+    alone = normalize(alone)
+    pooled = {"last real token (length - 1)": normalize(last_token_pool(hidden, lengths)),
+              "position -1 (the bug)": normalize(hidden[:, -1])}
+    width = input_ids.shape[1]
+    pads = {"last real token (length - 1)": 0, "position -1 (the bug)": int((lengths < width).sum())}
+    return {name: {"alone_cosine": float((emb * alone).sum(-1).mean()), "rows_pooling_a_pad": pads[name],
+                   **similarity_diagnostics(emb.numpy(), groups)} for name, emb in pooled.items()}

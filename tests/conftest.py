@@ -26,14 +26,14 @@ from f2llm_lib.paths import shared_data_dir  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny():
-    from f2llm_lib.backbones import load_backbone
+    from f2llm_lib.embedder.backbones import load_backbone
 
     return load_backbone("tiny-qwen3", seed=0)
 
 
 @pytest.fixture(scope="session")
 def smollm2():
-    from f2llm_lib.backbones import load_backbone
+    from f2llm_lib.embedder.backbones import load_backbone
 
     return load_backbone("smollm2-135m")
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 import yaml
 
-from f2llm_lib.backbones import load_backbone, load_tokenizer, smollm2_tokenizer
 from f2llm_lib.data.pipeline import curate, run_recipe
 from f2llm_lib.data.recipes import load_recipe
 from f2llm_lib.data.schema import TrainingTuple
 from f2llm_lib.data.tokenized import TokenizedData, TokenizedDataError, write_training_files
-from f2llm_lib.tokenization import TokenizerMismatchError, pad_batch, tokenizer_identity
+from f2llm_lib.embedder.backbones import load_backbone, load_tokenizer, smollm2_tokenizer
+from f2llm_lib.embedder.tokenization import TokenizerMismatchError, pad_batch, tokenizer_identity
 from f2llm_lib.train.config import ConfigError, TrainConfig
 from f2llm_lib.train.loader import MultitaskLoader
 from f2llm_lib.train.trainer import train
@@ -79,7 +79,7 @@ def test_data_of_another_tokenizer_is_refused_naming_both(smollm2_data, tmp_path
 
 
 def test_the_encoder_refuses_data_of_another_tokenizer(smollm2_data, tiny):
-    from f2llm_lib.model import F2LLMEncoder
+    from f2llm_lib.embedder.model import F2LLMEncoder
 
     F2LLMEncoder(*tiny).check_data(smollm2_data)  # tiny-qwen3 uses SmolLM2's tokenizer: accepted
     with pytest.raises(TokenizerMismatchError, match="vocabulary 4096"):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from f2llm_lib.backbones import BackboneError, load_backbone, prune_layers, smollm2_gguf_path
-from f2llm_lib.model import F2LLMEncoder
+from f2llm_lib.embedder.backbones import BackboneError, load_backbone, prune_layers, smollm2_gguf_path
+from f2llm_lib.embedder.model import F2LLMEncoder
 from f2llm_lib.paths import cache_dir
 
 FIXED_SENTENCE = "F2LLM turns a foundation model into a feature model."

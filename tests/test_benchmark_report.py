@@ -1,6 +1,13 @@
 """The README's GPU section is what benchmark_report makes of the committed CSVs: figures never typed by hand."""
 
-from f2llm_lib.benchmark_report import CPU_END, CPU_START, cpu_section, gpu_section, latest_gpu_run, readme_block
+from f2llm_lib.tooling.benchmark_report import (
+    CPU_END,
+    CPU_START,
+    cpu_section,
+    gpu_section,
+    latest_gpu_run,
+    readme_block,
+)
 
 
 def test_readme_gpu_section_is_generated_from_the_committed_csv():

@@ -139,7 +139,7 @@ def test_decontamination_removes_planted_overlaps():
 
 def test_tokenized_files_dedupe_corpus_and_end_with_eos(tiny, tmp_path):
     from f2llm_lib.data.tokenized import TokenizedData
-    from f2llm_lib.tokenization import tokenizer_identity
+    from f2llm_lib.embedder.tokenization import tokenizer_identity
 
     _, tokenizer = tiny
     datasets = {"a": [TrainingTuple("a", "retrieval", "Find it", "q1 " * 400, "shared doc", ["neg one", "neg two"]),

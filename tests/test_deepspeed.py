@@ -11,10 +11,10 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from f2llm_lib.backbones import smollm2_tokenizer
 from f2llm_lib.data.pipeline import curate
 from f2llm_lib.data.recipes import load_recipe
 from f2llm_lib.data.tokenized import write_training_files
+from f2llm_lib.embedder.backbones import smollm2_tokenizer
 from f2llm_lib.paths import REPO_ROOT
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is the optional extra: pip install -e '.[deepspeed]'")

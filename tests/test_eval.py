@@ -10,12 +10,12 @@ import scipy.stats
 
 from f2llm_lib.data.readers import read_local
 from f2llm_lib.data.schema import DataError
+from f2llm_lib.embedder.model import F2LLMEncoder
 from f2llm_lib.evaluation.instructions import instruction_for
 from f2llm_lib.evaluation.mteb_model import F2LLMMtebModel
 from f2llm_lib.evaluation.report import results_table, write_report
 from f2llm_lib.evaluation.run import evaluate, f2llm_model
 from f2llm_lib.evaluation.tasks import load_beir_folder, load_labelled_folder, load_sts_file, pycode_tasks
-from f2llm_lib.model import F2LLMEncoder
 
 
 def test_sts_through_mteb_equals_direct_spearman(shared_data, tiny, tmp_path):
@@ -75,7 +75,7 @@ def test_good_beir_folder_and_other_local_formats(tmp_path):
 def test_two_checkpoints_never_share_cached_scores(tmp_path):
     tasks = pycode_tasks(max_queries=60)[:1]
     first = evaluate({"same-name": f2llm_model("tiny-qwen3", "same-name", max_length=64)}, tasks, tmp_path)
-    from f2llm_lib.backbones import load_backbone
+    from f2llm_lib.embedder.backbones import load_backbone
 
     other, tokenizer = load_backbone("tiny-qwen3", seed=1)  # different weights, same label on purpose
     second_model = F2LLMMtebModel(F2LLMEncoder(other, tokenizer, max_length=64), "same-name")

@@ -9,10 +9,10 @@ import pytest
 from mteb.models.instruct_wrapper import InstructSentenceTransformerModel
 from mteb.types import PromptType
 
+from f2llm_lib.embedder.model import F2LLMEncoder
 from f2llm_lib.evaluation.mteb_model import REGISTERED_ENTRY, F2LLMMtebModel
 from f2llm_lib.evaluation.run import evaluate
 from f2llm_lib.evaluation.tasks import load_labelled_folder, pycode_tasks
-from f2llm_lib.model import F2LLMEncoder
 
 
 def _registered_wrapper() -> InstructSentenceTransformerModel:

@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from f2llm_lib.backbones import load_backbone, smollm2_tokenizer
 from f2llm_lib.data.pipeline import curate
 from f2llm_lib.data.recipes import load_recipe
 from f2llm_lib.data.tokenized import write_training_files
-from f2llm_lib.model import F2LLMEncoder
+from f2llm_lib.embedder.backbones import load_backbone, smollm2_tokenizer
+from f2llm_lib.embedder.model import F2LLMEncoder
 from f2llm_lib.train import distill
 from f2llm_lib.train.config import TrainConfig
 from f2llm_lib.train.trainer import train

@@ -8,10 +8,10 @@ import warnings
 
 import pytest
 
-from f2llm_lib.backbones import smollm2_tokenizer
 from f2llm_lib.data.pipeline import curate
 from f2llm_lib.data.recipes import load_recipe
 from f2llm_lib.data.tokenized import write_training_files
+from f2llm_lib.embedder.backbones import smollm2_tokenizer
 from f2llm_lib.evaluation.run import quiet_evaluators
 from f2llm_lib.train.config import TrainConfig
 from f2llm_lib.train.trainer import SMOOTHING, train

@@ -12,13 +12,13 @@ import sys
 import pytest
 import yaml
 
-from f2llm_lib.backbones import BackboneError, load_backbone, load_tokenizer, smollm2_tokenizer
 from f2llm_lib.data.pipeline import check_output_dir, curate, run_recipe
 from f2llm_lib.data.recipes import load_recipe
 from f2llm_lib.data.schema import DataError, TrainingTuple
 from f2llm_lib.data.tokenized import TokenizedData, TokenizedDataError, write_training_files
+from f2llm_lib.embedder.backbones import BackboneError, load_backbone, load_tokenizer, smollm2_tokenizer
 from f2llm_lib.evaluation.tasks import load_beir_folder, load_sts_file
-from f2llm_lib.notebook_runner import NotebookRunError, run_profile
+from f2llm_lib.tooling.notebook_runner import NotebookRunError, run_profile
 from f2llm_lib.train.checkpoints import RunFolderError
 from f2llm_lib.train.config import ConfigError, TrainConfig
 from f2llm_lib.train.loader import MultitaskLoader
@@ -407,7 +407,7 @@ def test_a_cell_timeout_names_the_cell(tmp_path):
                 nbformat.v4.new_code_cell("print('results.json')")]
     path = tmp_path / "50_slow.ipynb"
     nbformat.write(nb, path)
-    from f2llm_lib.notebook_runner import run_notebook
+    from f2llm_lib.tooling.notebook_runner import run_notebook
 
     with pytest.raises(NotebookRunError, match="timed out at .*time.sleep|timed out at .*import time"):
         run_notebook(path, tmp_path / "run", {}, cell_timeout=3)

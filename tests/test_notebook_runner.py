@@ -2,8 +2,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from f2llm_lib import notebook_runner
-from f2llm_lib.notebook_runner import (
+from f2llm_lib.tooling import notebook_runner
+from f2llm_lib.tooling.notebook_runner import (
     NotebookParameterError,
     NotebookRunError,
     read_parameters,

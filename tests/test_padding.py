@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from f2llm_lib.backbones import smollm2_tokenizer
 from f2llm_lib.data.pipeline import curate, run_recipe
 from f2llm_lib.data.recipes import load_recipe
 from f2llm_lib.data.tokenized import write_training_files
+from f2llm_lib.embedder.backbones import smollm2_tokenizer
 from f2llm_lib.train.config import TrainConfig
 from f2llm_lib.train.loader import MultitaskLoader, length_groups
 from f2llm_lib.train.trainer import batch_loss
@@ -53,7 +53,7 @@ def pycode_data(tmp_path_factory):
 
 def test_sorted_groups_give_the_same_loss_and_gradients_as_one_pad_length(pycode_data, tiny):
     model, tokenizer = tiny
-    from f2llm_lib.model import F2LLMEncoder
+    from f2llm_lib.embedder.model import F2LLMEncoder
 
     encoder = F2LLMEncoder(model, tokenizer)
     config = TrainConfig.from_dict({"model": "tiny-qwen3", "num_negatives": 3})

@@ -9,11 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from f2llm_lib.backbones import smollm2_tokenizer
 from f2llm_lib.data.pipeline import curate
 from f2llm_lib.data.pycode import pycode_items
 from f2llm_lib.data.recipes import load_recipe
 from f2llm_lib.data.tokenized import TokenizedData, write_training_files
+from f2llm_lib.embedder.backbones import smollm2_tokenizer
 from f2llm_lib.train.config import TrainConfig
 from f2llm_lib.train.trainer import train
 

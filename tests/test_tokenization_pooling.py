@@ -1,8 +1,8 @@
 import torch
 
-from f2llm_lib.model import F2LLMEncoder, format_query
-from f2llm_lib.pooling import last_token_pool
-from f2llm_lib.tokenization import pad_batch, tokenize_with_eos
+from f2llm_lib.embedder.model import F2LLMEncoder, format_query
+from f2llm_lib.embedder.pooling import last_token_pool
+from f2llm_lib.embedder.tokenization import pad_batch, tokenize_with_eos
 
 
 def test_eos_is_last_even_after_truncation(tiny):
@@ -46,8 +46,8 @@ def test_query_instruction_format():
 
 
 def test_fast_path_gives_the_same_ids_as_the_tokenizer_call(tiny):
-    from f2llm_lib.backbones import load_tokenizer
-    from f2llm_lib.tokenization import tokenize_with_eos
+    from f2llm_lib.embedder.backbones import load_tokenizer
+    from f2llm_lib.embedder.tokenization import tokenize_with_eos
 
     texts = ["def f(x):\n    return x", "  leading spaces and ünïcödé", "Instruct: find\nQuery: a b c", "x" * 300]
     for tokenizer in (tiny[1], load_tokenizer("tiny-qwen3-bpe")):

@@ -12,10 +12,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from f2llm_lib.backbones import smollm2_tokenizer
 from f2llm_lib.data.pipeline import curate
 from f2llm_lib.data.recipes import load_recipe
 from f2llm_lib.data.tokenized import write_training_files
+from f2llm_lib.embedder.backbones import smollm2_tokenizer
 from f2llm_lib.paths import REPO_ROOT
 from f2llm_lib.train.config import ConfigError, TrainConfig
 from f2llm_lib.train.loader import MultitaskLoader
@@ -76,7 +76,7 @@ def test_two_gloo_processes_equal_one_process_on_the_concatenated_batch(tmp_path
 def _initial(tmp_path):
     from safetensors.torch import save_file
 
-    from f2llm_lib.backbones import load_backbone
+    from f2llm_lib.embedder.backbones import load_backbone
 
     model, _ = load_backbone("tiny-qwen3", seed=0)
     path = tmp_path / "initial.safetensors"
@@ -111,8 +111,8 @@ def test_export_loads_in_sentence_transformers_with_equal_embeddings(tmp_path, d
                                     "eval_every": 100, "val_fraction": 0.0, "output_dir": str(tmp_path / "run")})
     result = train(config)
     texts = ["Return the number of items.", "def f(x):\n    return x + 1", "a " * 200, "short"]
-    from f2llm_lib.backbones import load_backbone
-    from f2llm_lib.model import F2LLMEncoder
+    from f2llm_lib.embedder.backbones import load_backbone
+    from f2llm_lib.embedder.model import F2LLMEncoder
 
     model = SentenceTransformer(result["export"], device="cpu")
     theirs = model.encode(texts, convert_to_numpy=True)

@@ -79,8 +79,8 @@ def make_scorer(spec: str, num_layers: int | None = None, instruction: str | Non
             return model.encode(texts, prompt=prompt, batch_size=batch_size, normalize_embeddings=True)
 
         return EncoderScorer(encode, instruction=instruction)
-    from ..backbones import load_backbone
-    from ..model import F2LLMEncoder
+    from ..embedder.backbones import load_backbone
+    from ..embedder.model import F2LLMEncoder
 
     model, tokenizer = load_backbone(spec, num_layers=num_layers)
     encoder = F2LLMEncoder(model, tokenizer, max_length=256)
@@ -205,12 +205,13 @@ def check_output_dir(out_dir: Path) -> None:
 
 def run_recipe(recipe_path: str | Path | list, out_dir: str | Path, backbone: str = "smollm2-135m",
                scorer_spec: str | None = None, max_length: int = 256, num_layers: int | None = None,
-               show_progress: bool = True) -> CurationResult:
+               show_progress: bool = True, max_samples: int | None = None) -> CurationResult:
     """Curate one recipe, a mix recipe (``mix: [recipe, ...]``) or a list of recipes, and write tuples, tokenized
     files (one corpus for all, with ``backbone``'s own tokenizer), reports and the manifest to ``out_dir``, as a
     whole: everything is written to a hidden sibling folder that replaces ``out_dir`` only once complete, so an
-    interrupted run leaves the previous output intact and never a mix of two runs."""
-    from ..backbones import load_tokenizer
+    interrupted run leaves the previous output intact and never a mix of two runs. ``max_samples`` caps every
+    dataset, overriding the recipes' own caps."""
+    from ..embedder.backbones import load_tokenizer
 
     out_dir = Path(out_dir)
     if max_length < 2:
@@ -219,6 +220,11 @@ def run_recipe(recipe_path: str | Path | list, out_dir: str | Path, backbone: st
     tokenizer = load_tokenizer(backbone)  # a wrong spec fails in seconds, not after mining
     specs = recipe_path if isinstance(recipe_path, list | tuple) else [recipe_path]
     recipes = [r for spec in specs for r in expand_mix(spec)]  # all parsed before any is curated
+    if max_samples is not None:  # a cap per dataset that overrides every recipe's own (notebooks, quick runs)
+        if max_samples < 1:
+            raise DataError(f"max_samples must be positive, got {max_samples}")
+        for recipe in recipes:
+            recipe.max_samples = max_samples
     result = CurationResult(datasets={})
     for recipe in recipes:
         part = curate(recipe, scorer_spec, num_layers, show_progress)
@@ -265,7 +271,7 @@ def _replace(new: Path, target: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..backbones import BackboneError
+    from ..embedder.backbones import BackboneError
 
     parser = argparse.ArgumentParser(description="Curate data recipes into one folder of F2LLM training files.")
     parser.add_argument("recipes", nargs="+", help="recipe names in data_recipes/ or paths to .yaml files (a mix: "

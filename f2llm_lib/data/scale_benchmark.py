@@ -88,7 +88,7 @@ def _peak_rss_mb() -> float:
 
 
 def measure_write(count: int, out_dir: Path, max_length: int) -> dict:
-    from ..backbones import smollm2_tokenizer
+    from ..embedder.backbones import smollm2_tokenizer
     from .tokenized import write_training_files
 
     tokenizer = smollm2_tokenizer()

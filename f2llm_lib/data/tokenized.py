@@ -1,8 +1,9 @@
 """Tokenized training data at F2LLM scale: flat token arrays with offsets, memory-mapped, never loaded whole.
 
-Every text is tokenized without special tokens, truncated, and ends with EOS (``f2llm_lib.tokenization``); queries
-are written ``Instruct: {instruction}\\nQuery: {text}``, documents get no instruction. Positives and negatives are
-de-duplicated into one corpus keyed by doc id. Layout of a data folder (format 2):
+Every text is tokenized without special tokens, truncated, and ends with EOS
+(``f2llm_lib.embedder.tokenization``); queries are written ``Instruct: {instruction}\\nQuery: {text}``,
+documents get no instruction. Positives and negatives are de-duplicated into one corpus keyed by doc id. Layout
+of a data folder (format 2):
 
     manifest.json                    format, tokenizer identity, max_length, per-dataset rows and task type, sizes
     corpus/tokens.bin                int32: every document's ids back to back
@@ -31,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model import format_query
-from ..tokenization import tokenize_with_eos, tokenizer_identity
+from ..embedder.model import format_query
+from ..embedder.tokenization import tokenize_with_eos, tokenizer_identity
 from .schema import TrainingTuple, validate_tuple
 
 FORMAT_VERSION = 2

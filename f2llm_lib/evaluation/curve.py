@@ -7,8 +7,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from ..backbones import load_backbone
-from ..model import F2LLMEncoder
+from ..embedder.backbones import load_backbone
+from ..embedder.model import F2LLMEncoder
 from .mteb_model import F2LLMMtebModel
 from .run import evaluate
 

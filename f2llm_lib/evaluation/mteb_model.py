@@ -23,7 +23,7 @@ from mteb.models.model_implementations.codefuse_models import F2LLM_0B6
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
-from ..model import QUERY_TEMPLATE, F2LLMEncoder
+from ..embedder.model import QUERY_TEMPLATE, F2LLMEncoder
 from .instructions import instruction_for
 
 # The F2LLM authors' registered entry (the same settings for 0.6B, 1.7B and 4B).

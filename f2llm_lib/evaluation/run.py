@@ -11,8 +11,8 @@ from pathlib import Path
 import mteb
 from mteb.cache import ResultCache
 
-from ..backbones import load_backbone
-from ..model import F2LLMEncoder
+from ..embedder.backbones import load_backbone
+from ..embedder.model import F2LLMEncoder
 from .mteb_model import F2LLMMtebModel
 
 logging.getLogger("mteb").setLevel(logging.ERROR)

@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 
 from .api import contrastive_loss
+from .tolerances import TOLERANCES
 
 
 def online_logsumexp(logits: torch.Tensor, chunk: int) -> tuple[torch.Tensor, list[float]]:
@@ -39,7 +40,8 @@ def impl_context(impl: str) -> AbstractContextManager:
 
 def compare_to_float64(shapes: Sequence[tuple[int, int, int, int, bool, bool]], impls: Sequence[str],
                        dtype: torch.dtype = torch.float32, seed: int = 0) -> list[dict]:
-    """Max abs error of loss and gradients against the float64 reference, per shape and implementation.
+    """Max abs error of loss and gradients against the float64 reference, per shape and implementation, and
+    whether all of them are within the dtype's (atol, rtol) of ``tolerances.TOLERANCES`` (the tests' numbers).
 
     A shape is (B, d, hard negatives per query, shared negatives, MRL, in-batch). ``impls`` are
     ``contrastive_loss`` impls, plus ``triton-scratch`` (the fused op's large-batch backward, forced).
@@ -61,10 +63,14 @@ def compare_to_float64(shapes: Sequence[tuple[int, int, int, int, bool, bool]], 
             return loss.detach().double(), [t.grad.double() for t in leaves if t is not None]
 
         truth, truth_grads = run("reference", torch.float64)
+        atol, rtol = TOLERANCES[dtype]
         for impl in impls:
             loss, grads = run(impl, dtype)
+            close = torch.allclose(loss, truth, atol=atol, rtol=rtol) and all(
+                torch.allclose(g, t, atol=atol, rtol=rtol) for g, t in zip(grads, truth_grads, strict=True))
             rows.append({"B": batch, "d": dim, "k": k_hard, "shared": n_shared, "mrl": mrl, "in_batch": in_batch,
                          "impl": impl, "loss": round(float(truth), 5),
                          "loss_err": float((loss - truth).abs()),
-                         "grad_err": max(float((g - t).abs().max()) for g, t in zip(grads, truth_grads, strict=True))})
+                         "grad_err": max(float((g - t).abs().max()) for g, t in zip(grads, truth_grads, strict=True)),
+                         "within_tolerance": close})
     return rows

@@ -28,9 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from ..backbones import BackboneError
     from ..data.tokenized import TokenizedDataError
-    from ..tokenization import TokenizerMismatchError
+    from ..embedder.backbones import BackboneError
+    from ..embedder.tokenization import TokenizerMismatchError
     from .checkpoints import RunFolderError
     from .guard import TrainingDiverged
 

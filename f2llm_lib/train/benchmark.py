@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..backbones import load_backbone, load_tokenizer
 from ..data.schema import TrainingTuple
 from ..data.tokenized import write_training_files
-from ..model import F2LLMEncoder
+from ..embedder.backbones import load_backbone, load_tokenizer
+from ..embedder.model import F2LLMEncoder
 from ..paths import REPO_ROOT
 from .config import TrainConfig
 from .trainer import train
@@ -96,7 +96,7 @@ def _sentence_transformers(model: str, layers: int, tuples: list[TrainingTuple],
     from sentence_transformers.losses import MultipleNegativesRankingLoss
     from transformers import TrainerCallback
 
-    from ..export import export_sentence_transformers
+    from ..embedder.export import export_sentence_transformers
 
     backbone, tokenizer = load_backbone(model, num_layers=layers or None)
     folder = export_sentence_transformers(F2LLMEncoder(backbone, tokenizer, max_length=args.max_length),

@@ -11,3 +11,14 @@ def read_metrics(path: str | Path) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no metrics; did the training run start?")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_summary(metrics: list[dict], window: int = 10) -> dict:
+    """What a learner wants from a run's metrics: the smoothed final training loss (mean of the last ``window``
+    steps, as the trainer's summary), the last validation losses, mean tokens/s and padding."""
+    last = metrics[-window:]
+    validations = [m["val"] for m in metrics if m.get("val")]
+    return {"final_train_loss": round(sum(m["loss"] for m in last) / len(last), 4),
+            "final_val": validations[-1] if validations else {},
+            "tokens_per_second": round(sum(m["tokens_per_second"] for m in metrics) / len(metrics), 1),
+            "padding_fraction": round(sum(m["padding_fraction"] for m in metrics) / len(metrics), 4)}

@@ -25,12 +25,12 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from ..backbones import load_backbone, load_tokenizer
 from ..data.tokenized import TokenizedDataError
+from ..embedder.backbones import load_backbone, load_tokenizer
+from ..embedder.model import F2LLMEncoder
+from ..embedder.tokenization import check_same_tokenizer
 from ..losses import contrastive_loss, mrl_levels, mrl_weights
 from ..losses.chunked import chunked_loss
-from ..model import F2LLMEncoder
-from ..tokenization import check_same_tokenizer
 from .checkpoints import (
     COMPLETE,
     LOADER_STATE,
@@ -232,7 +232,7 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dic
             os.kill(os.getpid(), signal.SIGKILL)
     result = {"steps": last, "history": history, "final_loss": smoothed_loss(history)}
     if export and accelerator.is_main_process:
-        from ..export import export_sentence_transformers
+        from ..embedder.export import export_sentence_transformers
 
         final = accelerator.unwrap_model(encoder)
         if config.lora_rank:  # the adapters merged into the weights: the export is a plain model

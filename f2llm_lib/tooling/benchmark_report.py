@@ -1,7 +1,7 @@
 """The README's GPU performance section, generated from the committed benchmark CSVs (never typed by hand).
 
-    python -m f2llm_lib.benchmark_report                  # print the section for the newest benchmarks/gpu/<run>/
-    python -m f2llm_lib.benchmark_report --update-readme  # and replace the README block between its markers
+    python -m f2llm_lib.tooling.benchmark_report                  # the section for the newest benchmarks/gpu/<run>/
+    python -m f2llm_lib.tooling.benchmark_report --update-readme  # and replace the README block between its markers
 
 A test checks that the README's block equals what this module makes of the committed files.
 """
@@ -13,7 +13,7 @@ import csv
 import json
 from pathlib import Path
 
-from .paths import REPO_ROOT
+from ..paths import REPO_ROOT
 
 GPU_DIR = REPO_ROOT / "benchmarks" / "gpu"
 README_START, README_END = "<!-- gpu-benchmarks:start -->", "<!-- gpu-benchmarks:end -->"

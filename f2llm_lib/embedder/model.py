@@ -61,7 +61,7 @@ class F2LLMEncoder(torch.nn.Module):
 
     def check_data(self, data_dir) -> None:
         """Refuse tokenized data made with another tokenizer than this encoder's (raises, naming both)."""
-        from .data.tokenized import TokenizedData
+        from ..data.tokenized import TokenizedData
         from .tokenization import check_same_tokenizer
 
         check_same_tokenizer(TokenizedData(data_dir).tokenizer, self.tokenizer, f"the data in {data_dir}",

@@ -21,7 +21,7 @@ from typing import Any
 import nbformat
 import yaml
 
-from .paths import REPO_ROOT
+from ..paths import REPO_ROOT
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PARAMS_DIR = REPO_ROOT / "ci" / "params"

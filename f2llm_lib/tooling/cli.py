@@ -16,8 +16,8 @@ def _check(_: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from .backbones import load_backbone
-    from .model import F2LLMEncoder
+    from ..embedder.backbones import load_backbone
+    from ..embedder.model import F2LLMEncoder
 
     model, tokenizer = load_backbone(args.model, num_layers=args.num_layers or None)
     embeddings = F2LLMEncoder(model, tokenizer).encode(args.texts, instruction=args.instruction)

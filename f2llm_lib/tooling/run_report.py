@@ -1,7 +1,7 @@
 """The main job's report: ``runs/<timestamp>/report.md`` (+ JSON and plots), and the README's copy of its table.
 
-    python -m f2llm_lib.run_report runs/<timestamp>-cpu     # (re)write that run's report
-    python -m f2llm_lib.run_report --update-readme           # put the latest cpu run's table in README.md
+    python -m f2llm_lib.tooling.run_report runs/<timestamp>-cpu     # (re)write that run's report
+    python -m f2llm_lib.tooling.run_report --update-readme           # put the latest cpu run's table in README.md
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .evaluation.report import results_table, to_markdown
-from .paths import REPO_ROOT
+from ..evaluation.report import results_table, to_markdown
+from ..paths import REPO_ROOT
 
 README_START, README_END = "<!-- latest-report:start -->", "<!-- latest-report:end -->"
 
@@ -58,10 +58,12 @@ def write_run_report(run_dir: str | Path) -> Path:
              f"{report['training_steps']} steps on pycode tuples {report['tuples']}.", "",
              "## Offline evaluation (mteb main scores x 100; held-out pycode modules)", "",
              to_markdown(table) if rows else "(no evaluation results)", ""]
+    report["summary"] = []
     if verdict:
         wins = sum(verdict.values())
-        lines += [f"Finetuned beats the untrained backbone on {wins} of {len(verdict)} tasks: "
-                  + ", ".join(f"{t} {'yes' if v else 'NO'}" for t, v in verdict.items()) + ".", ""]
+        report["summary"].append(f"Finetuned beats the untrained backbone on {wins} of {len(verdict)} tasks: "
+                                 + ", ".join(f"{t} {'yes' if v else 'NO'}" for t, v in verdict.items()) + ".")
+        lines += [report["summary"][-1], ""]
     curve = evaluation.get("curve") or []
     report["curve"] = curve
     if curve:
@@ -75,8 +77,9 @@ def write_run_report(run_dir: str | Path) -> Path:
         verdict = ("" if bm25 is None else
                    f" BM25 scores {bm25}: the finetuned model {'beats' if best['score'] > bm25 else 'does NOT beat'}"
                    " it within this run's budget.")
-        lines += ["", f"Best checkpoint: step {best['step']} ({best['minutes']} minutes), {best['score']}.{verdict}",
-                  ""]
+        summary = f"Best checkpoint: step {best['step']} ({best['minutes']} minutes), {best['score']}.{verdict}"
+        report["summary"].append(summary)
+        lines += ["", summary, ""]
     lines += ["## Wall time per notebook", "", "| notebook | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds} |" for name, seconds in report["notebook_seconds"].items()]
     lines += [f"| total | {round(sum(report['notebook_seconds'].values()), 1)} |", ""]
@@ -115,8 +118,9 @@ def update_readme(run_dir: Path | None = None, readme: Path = REPO_ROOT / "READM
                        "| step | minutes | score |", "|---|---|---|"]
         curve_lines += [f"| {r['step']} | {r['minutes']} | {r['score']} |" for r in curve]
     block = "\n".join([README_START, "", f"From `make run` ({run_dir.name}), {report['created']}, on "
-                       f"{report['machine']}; all notebooks took {seconds} s.", "", table, "", *times,
-                       *curve_lines, "", README_END])
+                       f"{report['machine']}; all notebooks took {seconds} s.", "", table, "",
+                       *report.get("summary", [])[:1], "", *times, *curve_lines, "",
+                       *report.get("summary", [])[1:], "", README_END])
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         raise ValueError(f"{readme}: add the markers {README_START} and {README_END} where the table goes")

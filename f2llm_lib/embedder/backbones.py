@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .paths import cache_dir
+from ..paths import cache_dir
 
 SMOLLM2_SPEC = "smollm2-135m"
 TINY_QWEN3_SPEC = "tiny-qwen3"
@@ -131,7 +131,7 @@ def tiny_bpe_tokenizer() -> PreTrainedTokenizerBase:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
         from transformers import PreTrainedTokenizerFast
 
-        from .data.pycode import pycode_items
+        from ..data.pycode import pycode_items
 
         def save(tmp: Path) -> None:
             bpe = Tokenizer(models.BPE())
@@ -321,7 +321,7 @@ def load_backbone(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m f2llm_lib.backbones architecture SPEC DIR`` / ``random-init DIR``."""
+    """``python -m f2llm_lib.embedder.backbones architecture SPEC DIR`` / ``random-init DIR``."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Move a backbone's shape to a machine its weights can't reach")

@@ -1,4 +1,5 @@
-"""The setup check every notebook starts with: versions, device, and whether the offline default is present."""
+"""The setup check (notebook 00's first section, ``f2llm check``): versions, device, and whether the offline default
+backbone is installed."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ PACKAGES = ("torch", "triton", "transformers", "accelerate", "mteb", "sentence-t
 
 def environment_report() -> dict[str, object]:
     """A JSON-ready summary: Python, package versions, CPU/GPU and the default backbone's availability."""
-    from .backbones import BackboneError, smollm2_gguf_path
+    from ..embedder.backbones import BackboneError, smollm2_gguf_path
 
     versions = {}
     for name in PACKAGES:
