@@ -94,3 +94,36 @@ def test_report_table_and_files(tmp_path):
     assert table.loc["tuned", "avg (tasks)"] == 50.0 and table.loc["base", "avg Retrieval"] == 10.0
     report = write_report(rows, tmp_path, "Demo")
     assert "| tuned |" in report.read_text() and json.loads((tmp_path / "results.json").read_text()) == rows
+
+
+def test_checkpoint_curve_scores_each_checkpoint_once(tiny, tmp_path, monkeypatch):
+    """Checkpoints load into the backbone and are scored by mteb; the base and the last checkpoint (the exported
+    model, scored by notebook 04 already) are reused, not scored again."""
+    from safetensors.torch import save_file
+
+    from f2llm_lib.evaluation import curve
+
+    run = tmp_path / "run"
+    model, _ = tiny
+    for step in (2, 4):
+        folder = run / "checkpoints" / f"step_{step}"
+        folder.mkdir(parents=True)
+        save_file({f"backbone.{k}": v.contiguous() for k, v in model.state_dict().items()},
+                  str(folder / "model.safetensors"))
+        (folder / ".complete").touch()
+    (run / "final").mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "step_seconds": 30.0}) + "\n"
+                                               for s in (1, 2, 3, 4)))
+    scored = []
+    real_evaluate = curve.evaluate
+    monkeypatch.setattr(curve, "evaluate", lambda models, *a, **k: scored.extend(models) or real_evaluate(
+        models, *a, **k))
+    task = pycode_tasks(max_queries=20)[2]
+    rows = curve.checkpoint_curve(run, "tiny-qwen3", None, 32, [task], tmp_path / "cache", base_score=1.5,
+                                  final_score=99.0)
+    assert [(r["step"], r["minutes"]) for r in rows] == [(0, 0.0), (2, 1.0), (4, 2.0)]
+    assert scored == ["run-step2"]  # only the middle checkpoint went through mteb
+    assert rows[0]["score"] == 1.5 and rows[2]["score"] == 99.0 and 0 <= rows[1]["score"] <= 100
+    assert {r["task"] for r in rows} == {task.metadata.name}
+    with pytest.raises(ValueError, match="one task"):
+        curve.checkpoint_curve(run, "tiny-qwen3", None, 32, pycode_tasks(max_queries=20), tmp_path / "cache")

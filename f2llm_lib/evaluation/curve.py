@@ -24,16 +24,29 @@ def training_minutes(run_dir: Path) -> dict[int, float]:
 
 
 def checkpoint_curve(run_dir: str | Path, backbone: str, num_layers: int | None, max_length: int, tasks: list,
-                     cache_dir: str | Path, batch_size: int = 32) -> list[dict]:
-    """Score every complete checkpoint of ``run_dir`` on ``tasks``; rows of (step, minutes, task, score). The
-    checkpoint's weights load into the backbone they were trained from (safetensors only)."""
+                     cache_dir: str | Path, batch_size: int = 32, base_score: float | None = None,
+                     final_score: float | None = None) -> list[dict]:
+    """Score every complete checkpoint of ``run_dir`` on one task; rows of (step, minutes, task, score). The
+    checkpoint's weights load into the backbone they were trained from (safetensors only).
+
+    Scores already measured are not measured again: ``base_score`` (the untrained backbone) becomes the row of step
+    0, and ``final_score`` (the run's exported model) the row of its last checkpoint, which holds the same weights
+    (the trainer saves it at the end of training, then exports from that state).
+    """
+    if len(tasks) != 1:
+        raise ValueError(f"checkpoint_curve scores one task, got {len(tasks)}: {[t.metadata.name for t in tasks]}")
     run_dir = Path(run_dir)
+    task = tasks[0].metadata.name
     minutes = training_minutes(run_dir)
-    rows = []
+    rows = [] if base_score is None else [{"step": 0, "minutes": 0.0, "task": task, "score": base_score}]
     checkpoints = sorted((p for p in (run_dir / "checkpoints").glob("step_*") if (p / ".complete").exists()),
                          key=lambda p: int(p.name.split("_")[1]))
+    last_step = max(minutes, default=None)
     for checkpoint in checkpoints:
         step = int(checkpoint.name.split("_")[1])
+        if final_score is not None and step == last_step and (run_dir / "final").exists():
+            rows.append({"step": step, "minutes": minutes.get(step), "task": task, "score": final_score})
+            continue
         model, tokenizer = load_backbone(backbone, num_layers=num_layers)
         state = {k.removeprefix("backbone."): v for k, v in load_file(str(checkpoint / "model.safetensors")).items()}
         model.load_state_dict(state)
