@@ -24,3 +24,18 @@ def assert_verbose_allclose(actual: torch.Tensor, expected: torch.Tensor, atol: 
         raise AssertionError(f"{name}: {int(bad.sum())} of {bad.numel()} elements outside atol={atol}, "
                              f"rtol={rtol} (max abs diff {diff.max():.3g}; non-finite: {int(nonfinite.sum())})\n"
                              + "\n".join(lines))
+
+
+def tokenized_pycode(folder, max_samples: int, max_length: int):
+    """A small tokenized pycode set (retrieval: in-batch + gather; clustering) under ``folder/tokenized``, as the
+    training tests use it."""
+    from f2llm_lib.data.pipeline import curate
+    from f2llm_lib.data.recipes import load_recipe
+    from f2llm_lib.data.tokenized import write_training_files
+    from f2llm_lib.embedder.backbones import smollm2_tokenizer
+
+    recipe = load_recipe("pycode")
+    recipe.tasks, recipe.max_samples = ["retrieval", "clustering"], max_samples
+    out = folder / "tokenized"
+    write_training_files(curate(recipe, show_progress=False).datasets, smollm2_tokenizer(), out, max_length)
+    return out

@@ -9,12 +9,9 @@ import sys
 
 import pytest
 import yaml
+from helpers import tokenized_pycode
 from safetensors.torch import load_file
 
-from f2llm_lib.data.pipeline import curate
-from f2llm_lib.data.recipes import load_recipe
-from f2llm_lib.data.tokenized import write_training_files
-from f2llm_lib.embedder.backbones import smollm2_tokenizer
 from f2llm_lib.paths import REPO_ROOT
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is the optional extra: pip install -e '.[deepspeed]'")
@@ -23,11 +20,7 @@ ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--config_file
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    recipe = load_recipe("pycode")
-    recipe.tasks, recipe.max_samples = ["retrieval", "clustering"], 48
-    out = tmp_path_factory.mktemp("data") / "tokenized"
-    write_training_files(curate(recipe, show_progress=False).datasets, smollm2_tokenizer(), out, 48)
-    return out
+    return tokenized_pycode(tmp_path_factory.mktemp("data"), 48, 48)
 
 
 def _train(tmp_path, data_dir, name: str, launcher: str, port: int, **overrides):

@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import tokenized_pycode
 from safetensors.torch import load_file
 
-from f2llm_lib.data.pipeline import curate
-from f2llm_lib.data.recipes import load_recipe
-from f2llm_lib.data.tokenized import write_training_files
 from f2llm_lib.embedder.backbones import load_backbone, smollm2_tokenizer
 from f2llm_lib.embedder.model import F2LLMEncoder
 from f2llm_lib.train import distill
@@ -21,11 +19,7 @@ pytest.importorskip("peft")
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    recipe = load_recipe("pycode")
-    recipe.tasks, recipe.max_samples = ["retrieval", "clustering"], 40
-    out = tmp_path_factory.mktemp("data") / "tokenized"
-    write_training_files(curate(recipe, show_progress=False).datasets, smollm2_tokenizer(), out, 48)
-    return out
+    return tokenized_pycode(tmp_path_factory.mktemp("data"), 40, 48)
 
 
 def _config(tmp_path, data_dir, name, **overrides):

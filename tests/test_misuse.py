@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import yaml
+from helpers import tokenized_pycode
 
 from f2llm_lib.data.pipeline import check_output_dir, curate, run_recipe
 from f2llm_lib.data.recipes import load_recipe
@@ -167,11 +168,7 @@ def test_a_tuple_with_a_wrong_type_names_dataset_and_row(tmp_path):
 # -- training -------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    recipe = load_recipe("pycode")
-    recipe.tasks, recipe.max_samples = ["retrieval", "clustering"], 48
-    out = tmp_path_factory.mktemp("data") / "tokenized"
-    write_training_files(curate(recipe, show_progress=False).datasets, smollm2_tokenizer(), out, 48)
-    return out
+    return tokenized_pycode(tmp_path_factory.mktemp("data"), 48, 48)
 
 
 def _config(tmp_path, data_dir, **overrides) -> dict:

@@ -7,11 +7,9 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from helpers import tokenized_pycode
 
-from f2llm_lib.data.pipeline import curate, run_recipe
-from f2llm_lib.data.recipes import load_recipe
-from f2llm_lib.data.tokenized import write_training_files
-from f2llm_lib.embedder.backbones import smollm2_tokenizer
+from f2llm_lib.data.pipeline import run_recipe
 from f2llm_lib.train.config import TrainConfig
 from f2llm_lib.train.loader import MultitaskLoader, length_groups
 from f2llm_lib.train.trainer import batch_loss
@@ -44,11 +42,7 @@ def test_groups_are_the_fewest_possible():
 
 @pytest.fixture(scope="module")
 def pycode_data(tmp_path_factory):
-    recipe = load_recipe("pycode")
-    recipe.tasks, recipe.max_samples = ["retrieval", "clustering"], 64
-    out = tmp_path_factory.mktemp("pad") / "tokenized"
-    write_training_files(curate(recipe, show_progress=False).datasets, smollm2_tokenizer(), out, 128)
-    return out
+    return tokenized_pycode(tmp_path_factory.mktemp("pad"), 64, 128)
 
 
 def test_sorted_groups_give_the_same_loss_and_gradients_as_one_pad_length(pycode_data, tiny):

@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import tokenized_pycode
 from safetensors.torch import load_file
 
-from f2llm_lib.data.pipeline import curate
-from f2llm_lib.data.recipes import load_recipe
-from f2llm_lib.data.tokenized import write_training_files
 from f2llm_lib.embedder.backbones import smollm2_tokenizer
 from f2llm_lib.paths import REPO_ROOT
 from f2llm_lib.train.config import ConfigError, TrainConfig
@@ -28,11 +26,7 @@ ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--config_file
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """A small tokenized pycode set: retrieval (in-batch + gather) and clustering."""
-    recipe = load_recipe("pycode")
-    recipe.tasks, recipe.max_samples = ["retrieval", "clustering"], 48
-    out = tmp_path_factory.mktemp("data") / "tokenized"
-    write_training_files(curate(recipe, show_progress=False).datasets, smollm2_tokenizer(), out, 48)
-    return out
+    return tokenized_pycode(tmp_path_factory.mktemp("data"), 48, 48)
 
 
 def _config(tmp_path, data_dir, **overrides) -> str:
