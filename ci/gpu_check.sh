@@ -43,7 +43,7 @@ fi
 
 if [[ $parts == *,loss,* ]]; then
   stamp "loss benchmark"
-  timeout 290 $py -m f2llm_lib.losses.benchmark --device cuda --scratch-sweep --out "$out" || status=1
+  timeout 290 $py -m f2llm_lib.losses.benchmark --device cuda --large-batch-sweep --out "$out" || status=1
 fi
 
 arch=.gpu/smollm2-135m-arch

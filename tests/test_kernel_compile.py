@@ -13,8 +13,8 @@ import json
 
 import pytest
 
-from f2llm_lib.losses import fused_scratch
 from f2llm_lib.losses.kernel_check import compile_report
+from f2llm_lib.losses.kernel_settings import SWEEP_TILES, TileShape
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,9 @@ def kernels(tmp_path_factory):
 
 
 def test_every_kernel_compiles_for_sm90(kernels):
-    assert {row["kernel"] for row in kernels} == {"_ib_fwd", "_row_fwd", "_bwd_dq", "_bwd_dk", "_prefix_norms",
-                                                  "_ib_grad_tile", "_key_epilogue"}
+    assert {row["kernel"] for row in kernels} == {
+        "_in_batch_stats_kernel", "_row_loss_kernel", "_query_grad_kernel", "_key_grad_kernel",
+        "_prefix_norms_kernel", "_logit_grad_tile_kernel", "_key_epilogue_kernel"}
     assert {row["dtype"] for row in kernels} == {"bf16", "fp32"}
     assert not [row for row in kernels if row["error"]], "kernels that failed to compile"
     assert all(int(row["shared"]) <= 227 * 1024 for row in kernels)
@@ -38,12 +39,12 @@ def test_large_batch_loops_are_software_pipelined(kernels):
         return any(case == "large" or case.startswith("large@") for case in row["cases"].split())
 
     large = [row for row in kernels if benchmarked(row) and row["dtype"] == "bf16"
-             and row["kernel"] in ("_ib_fwd", "_ib_grad_tile")]
-    assert {row["kernel"] for row in large} == {"_ib_fwd", "_ib_grad_tile"}
+             and row["kernel"] in ("_in_batch_stats_kernel", "_logit_grad_tile_kernel")]
+    assert {row["kernel"] for row in large} == {"_in_batch_stats_kernel", "_logit_grad_tile_kernel"}
     swept = {case for row in large for case in row["cases"].split() if case.startswith("large@")}
-    assert swept == {f"large@{tiles}" for tiles in fused_scratch.SWEEP_TILES}
+    assert swept == {f"large@{tiles}" for tiles in SWEEP_TILES}
     for row in large:
         constexprs = json.loads(row["constexprs"])
         one_stage = (constexprs["BLOCK_M"] + constexprs["BLOCK_N"]) * constexprs["BLOCK_D"] * 2
         assert int(row["shared"]) >= 2 * one_stage, f"{row['kernel']} is not pipelined: {row}"
-    assert fused_scratch.GRAD_STAGES >= 2
+    assert TileShape().num_stages >= 2

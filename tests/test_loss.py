@@ -6,15 +6,15 @@ import pytest
 import torch
 from helpers import TOLERANCES, assert_verbose_allclose
 
-from f2llm_lib.losses import contrastive_loss, fused, fused_scratch, mrl_levels, mrl_weights
+from f2llm_lib.losses import KernelSettings, TileShape, contrastive_loss, fused_large_batch, mrl_levels, mrl_weights
 from f2llm_lib.losses.chunked import chunked_loss
 from f2llm_lib.losses.fused import fused_loss
 from f2llm_lib.losses.reference import reference_loss
-from f2llm_lib.losses.teaching import impl_context
+from f2llm_lib.losses.teaching import LOSS_VARIANTS
 
-# triton-scratch: the fused op with the large-batch backward (fused_scratch) forced on, its scratch cut to one
+# triton-large-batch: the fused op with the large-batch path (fused_large_batch) forced on, its scratch cut to one
 # 128-row tile so that both sides walk several chunks whenever B or N exceeds 128.
-IMPLS = ["reference", "chunked", "triton", "triton-scratch"]
+IMPLS = ["reference", "chunked", "triton", "triton-large-batch"]
 # (B, d, hard negatives per query, shared negatives, MRL, in-batch): ragged on purpose.
 SHAPES = [
     (1, 64, 0, 0, False, True),     # B = 1
@@ -37,10 +37,9 @@ def _inputs(batch, dim, k_hard, n_shared, seed=0, dtype=torch.float64):
 def _loss_and_grads(impl, tensors, dtype, mrl, in_batch, temperature=0.05, **kwargs):
     leaves = [t.to(dtype).detach().clone().requires_grad_() if t is not None else None for t in tensors]
     q, p, n, s = leaves
-    with impl_context(impl):  # triton-scratch: the large-batch backward forced on, one-tile scratch
-        loss = contrastive_loss(q, p, n, shared_negatives=s, in_batch=in_batch, temperature=temperature,
-                                mrl_dims="f2llm_v2" if mrl else None, impl=impl.split("-")[0], **kwargs)
-        loss.backward()
+    loss = contrastive_loss(q, p, n, shared_negatives=s, in_batch=in_batch, temperature=temperature,
+                            mrl_dims="f2llm_v2" if mrl else None, **LOSS_VARIANTS[impl], **kwargs)
+    loss.backward()
     return loss.detach(), [t.grad for t in leaves if t is not None]
 
 
@@ -58,7 +57,7 @@ def test_fp32_matches_float64_reference(impl, shape):
         assert_verbose_allclose(grad, expected, atol, rtol, name=f"{impl} grad of input {index}")
 
 
-@pytest.mark.parametrize("impl", ["chunked", "triton", "triton-scratch"])
+@pytest.mark.parametrize("impl", ["chunked", "triton", "triton-large-batch"])
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[5]], ids=["B17-k7-mrl", "B9-shared-mrl"])
 def test_fp16_error_no_worse_than_pytorch_fp16(impl, shape):
     batch, dim, k_hard, n_shared, mrl, in_batch = shape
@@ -73,7 +72,7 @@ def test_fp16_error_no_worse_than_pytorch_fp16(impl, shape):
         assert our_err <= torch_err + 1e-3, f"{impl}: fp16 grad error {our_err:.2e} vs PyTorch's {torch_err:.2e}"
 
 
-@pytest.mark.parametrize("impl", ["chunked", "triton", "triton-scratch"])
+@pytest.mark.parametrize("impl", ["chunked", "triton", "triton-large-batch"])
 @pytest.mark.parametrize("case", ["identical", "zero", "cold"])
 def test_degenerate_inputs_stay_finite_in_fp16(impl, case):
     q, p, n, _ = _inputs(8, 32, 3, 0, seed=2)
@@ -136,14 +135,12 @@ def test_bad_arguments_are_explained(kwargs, message):
 
 
 @pytest.mark.parametrize("target_programs", [1, 2, 3])
-def test_triton_key_splits_spanning_several_key_blocks(monkeypatch, target_programs):
+def test_triton_key_splits_spanning_several_key_blocks(target_programs):
     """Each forward program merges several key blocks online when the keys are split fewer ways than blocks."""
-    from f2llm_lib.losses import fused
-
-    monkeypatch.setattr(fused, "TARGET_PROGRAMS", target_programs)
     tensors = _inputs(5, 24, 2, 300, seed=5)  # 305 keys = 5 key blocks of 64
     truth, truth_grads = _loss_and_grads("reference", tensors, torch.float64, True, True)
-    loss, grads = _loss_and_grads("triton", tensors, torch.float32, True, True)
+    loss, grads = _loss_and_grads("triton", tensors, torch.float32, True, True,
+                                  kernel=KernelSettings(target_programs=target_programs))
     atol, rtol = TOLERANCES[torch.float32]
     assert_verbose_allclose(loss, truth, atol, rtol, name="loss")
     for index, (grad, expected) in enumerate(zip(grads, truth_grads, strict=True)):
@@ -151,11 +148,11 @@ def test_triton_key_splits_spanning_several_key_blocks(monkeypatch, target_progr
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-def test_triton_scratch_backward_over_several_chunks(dtype):
+def test_triton_large_batch_backward_over_several_chunks(dtype):
     """B = 133 queries and N = 153 keys: with a one-tile scratch both sides take two chunks, the second ragged."""
     tensors = _inputs(133, 24, 1, 20, seed=6)
     truth, truth_grads = _loss_and_grads("reference", tensors, torch.float64, True, True)
-    loss, grads = _loss_and_grads("triton-scratch", tensors, dtype, True, True)
+    loss, grads = _loss_and_grads("triton-large-batch", tensors, dtype, True, True)
     if dtype == torch.float32:
         atol, rtol = TOLERANCES[torch.float32]
         assert_verbose_allclose(loss, truth, atol, rtol, name="loss")
@@ -169,30 +166,39 @@ def test_triton_scratch_backward_over_several_chunks(dtype):
 
 
 def test_auto_strategy_switches_at_the_documented_size():
-    assert fused.choose_strategy(True, 16, 512) == "registers"  # F2LLM's regime: 4 launches
-    assert fused.choose_strategy(True, 2048, 2048) == "scratch"
-    assert fused.choose_strategy(False, 1 << 20, 0) == "registers"  # hard negatives only: no B x N work
-    q, p, _, _ = _inputs(4, 16, 0, 0, dtype=torch.float32)
+    settings = KernelSettings()
+    assert settings.strategy_for(True, 16, 512) == "registers"  # F2LLM's regime: 4 launches
+    assert settings.strategy_for(True, 2048, 2048) == "large_batch"
+    assert settings.strategy_for(False, 1 << 20, 0) == "registers"  # hard negatives only: no B x N work
+    assert KernelSettings(large_batch_min_pairs=16).strategy_for(True, 4, 4) == "large_batch"
     with pytest.raises(ValueError, match="strategy must be one of"):
-        fused_loss(q, p, None, p, torch.arange(4), [16], [1.0], 0.05, strategy="fast")
-    with pytest.raises(ValueError, match="strategy must be one of"), fused.forced_strategy("auto"):
-        pass
+        KernelSettings(strategy="scratch")
+    with pytest.raises(ValueError, match="scratch_bytes must be a positive int"):
+        KernelSettings(scratch_bytes=0)
+    with pytest.raises(TypeError, match="TileShape.parse"):
+        KernelSettings(tiles="128x64w4s4")
+    q, p, _, _ = _inputs(4, 16, 0, 0, dtype=torch.float32)
+    with pytest.raises(ValueError, match="impl='triton' only"):
+        contrastive_loss(q, p, impl="chunked", kernel=KernelSettings())
+    with pytest.raises(TypeError, match="KernelSettings"):
+        fused_loss(q, p, None, p, torch.arange(4), [16], [1.0], 0.05, settings="large_batch")
 
 
-def test_scratch_tile_shape_changes_nothing_but_speed(monkeypatch):
-    """Another tile shape (the GPU benchmark's sweep) gives the same loss and gradients; the backward keeps the
-    shape its forward ran with even when the block has ended. 40 x 50 pairs: several tiles of 16 x 32."""
+def test_large_batch_tile_shape_changes_nothing_but_speed(monkeypatch):
+    """Another tile shape (the GPU benchmark's sweep) gives the same loss and gradients, and the backward launches
+    with the shape its forward was given. 40 x 50 pairs: several tiles of 16 x 32."""
     launched = []
-    launch = fused_scratch._launch_tiles
-    monkeypatch.setattr(fused_scratch, "_launch_tiles", lambda *a, **k: launched.append(k["tiles"]) or launch(*a, **k))
+    launch = fused_large_batch.logit_grad_tiles
+    monkeypatch.setattr(fused_large_batch, "logit_grad_tiles",
+                        lambda *a, **k: launched.append(k["tiles"]) or launch(*a, **k))
     tensors = _inputs(40, 24, 0, 10, seed=7)
     truth, truth_grads = _loss_and_grads("reference", tensors, torch.float64, True, True)
     leaves = [t.float().requires_grad_() if t is not None else None for t in tensors]
-    with fused.forced_strategy("scratch", scratch_bytes=1), fused_scratch.tile_config("16x32w4s2"):
-        loss = contrastive_loss(leaves[0], leaves[1], shared_negatives=leaves[3], mrl_dims="f2llm_v2",
-                                impl="triton")
-    loss.backward()  # outside the block: the forward's tiles still apply
-    assert launched and all(t == ({"BLOCK_M": 16, "BLOCK_N": 32}, 4, 2) for t in launched), launched[:3]
+    settings = KernelSettings(strategy="large_batch", scratch_bytes=1, tiles=TileShape.parse("16x32w4s2"))
+    loss = contrastive_loss(leaves[0], leaves[1], shared_negatives=leaves[3], mrl_dims="f2llm_v2", impl="triton",
+                            kernel=settings)
+    loss.backward()
+    assert launched and all(t == TileShape(16, 32, num_warps=4, num_stages=2) for t in launched), launched[:3]
     atol, rtol = TOLERANCES[torch.float32]
     assert_verbose_allclose(loss, truth, atol, rtol, name="loss")
     for index, (grad, expected) in enumerate(zip([leaves[0].grad, leaves[1].grad, leaves[3].grad], truth_grads,
@@ -203,4 +209,4 @@ def test_scratch_tile_shape_changes_nothing_but_speed(monkeypatch):
 @pytest.mark.parametrize("spec", ["128x64", "12x64w4s3", "128x64w3s3", "128x64w4s0"])
 def test_bad_tile_spec_is_explained(spec):
     with pytest.raises(ValueError, match="tile spec"):
-        fused_scratch.parse_tiles(spec)
+        TileShape.parse(spec)

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from helpers import TOLERANCES, assert_verbose_allclose
 
 from f2llm_lib.losses import contrastive_loss
-from f2llm_lib.losses.teaching import impl_context
+from f2llm_lib.losses.teaching import LOSS_VARIANTS
 
-IMPLS = ("reference", "chunked", "triton", "triton-scratch")  # scratch: the fused op's large-batch backward
+IMPLS = ("reference", "chunked", "triton", "triton-large-batch")  # the last: the fused op's large-batch path
 B, D, K_HARD, M_SHARED = 3, 24, 2, 2
 
 
@@ -61,10 +61,9 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                       for k, r in (("q", rows), ("p", rows), ("n", rows), ("s", shared_rows))]
             q, p, n, s = leaves
             full = variant == "full"
-            with impl_context(impl):
-                loss = contrastive_loss(q, p, n, shared_negatives=s if full else None,
-                                        mrl_dims="f2llm_v2" if full else None, impl=impl.split("-")[0],
-                                        stop_grad_gather=stop_grad, chunk_size=4)
+            loss = contrastive_loss(q, p, n, shared_negatives=s if full else None,
+                                    mrl_dims="f2llm_v2" if full else None, stop_grad_gather=stop_grad,
+                                    chunk_size=4, **LOSS_VARIANTS[impl])
             loss.backward()
             for name, leaf in zip("qpns", leaves, strict=True):
                 if leaf.grad is not None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import TOLERANCES, assert_verbose_allclose
 
-from f2llm_lib.losses import contrastive_loss, fused
+from f2llm_lib.losses import KernelSettings, contrastive_loss
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run ci/gpu_check.sh)")
 
@@ -15,21 +15,22 @@ SHAPES = [(16, 512, 7, 1024, True), (16, 512, 7, 2560, True), (47, 31, 3, 123, F
           (1, 5, 0, 64, False), (300, 1000, 0, 1024, False)]
 
 
-def _run(impl, tensors, dtype, mrl, in_batch_keys):
+def _run(impl, tensors, dtype, mrl, in_batch_keys, kernel=None):
     q, p, n, s = [t.to("cuda", dtype).detach().clone().requires_grad_() if t is not None else None for t in tensors]
-    loss = contrastive_loss(q, p, n, shared_negatives=s, mrl_dims="f2llm_v2" if mrl else None, impl=impl)
+    loss = contrastive_loss(q, p, n, shared_negatives=s, mrl_dims="f2llm_v2" if mrl else None, impl=impl,
+                            kernel=kernel)
     loss.backward()
     return loss.detach(), [t.grad for t in (q, p, n, s) if t is not None]
 
 
-def _check_against_float64(shape, dtype):
+def _check_against_float64(shape, dtype, kernel=None):
     batch, n_keys, k_hard, dim, mrl = shape
     gen = torch.Generator().manual_seed(0)
     make = lambda *sh: torch.randn(*sh, generator=gen).to(dtype).double()  # noqa: E731  (values exact in dtype)
     tensors = (make(batch, dim), make(batch, dim), make(batch, k_hard, dim) if k_hard else None,
                make(n_keys - batch, dim) if n_keys > batch else None)
     truth, truth_grads = _run("reference", tensors, torch.float64, mrl, True)
-    ours, our_grads = _run("triton", tensors, dtype, mrl, True)
+    ours, our_grads = _run("triton", tensors, dtype, mrl, True, kernel=kernel)
     atol, rtol = TOLERANCES[dtype]
     assert_verbose_allclose(ours, truth, atol, rtol, name=f"loss {dtype}")
     if dtype == torch.bfloat16:  # and no worse than PyTorch's own bf16 error, plus a small tolerance
@@ -51,11 +52,10 @@ def test_triton_on_gpu_matches_float64(shape, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", [SHAPES[2], SHAPES[3], SHAPES[5], (4096, 4200, 0, 1024, False)],
                          ids=lambda s: "B{}-N{}-k{}-d{}".format(*s[:4]))
-def test_triton_scratch_backward_on_gpu_matches_float64(shape, dtype):
+def test_triton_large_batch_backward_on_gpu_matches_float64(shape, dtype):
     """The large-batch path forced on (the 4096-query case takes it by itself), its scratch cut to 1 MB so that
     the larger shapes walk many chunks on both sides."""
-    with fused.forced_strategy("scratch", scratch_bytes=2**20):
-        _check_against_float64(shape, dtype)
+    _check_against_float64(shape, dtype, KernelSettings(strategy="large_batch", scratch_bytes=2**20))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -10,6 +10,7 @@ import torch
 
 from .chunked import chunked_loss
 from .distributed import gather_keys, world
+from .kernel_settings import KernelSettings
 from .reference import reference_loss
 
 IMPLS = ("auto", "reference", "chunked", "triton")
@@ -67,6 +68,7 @@ def contrastive_loss(
     stop_grad_gather: bool = False,
     impl: str = "auto",
     chunk_size: int | None = None,
+    kernel: KernelSettings | None = None,
 ) -> torch.Tensor:
     """F2LLM's loss for one batch of one dataset, summed over MRL levels.
 
@@ -82,6 +84,8 @@ def contrastive_loss(
         stop_grad_gather: reproduce the released code's non-differentiable gather (see ``distributed``).
         impl: ``"auto"`` (triton on CUDA, chunked on CPU), ``"reference"``, ``"chunked"``, ``"triton"``.
         chunk_size: keys per chunk for ``chunked`` (None: as many as keep one B x chunk tile at 2M floats).
+        kernel: settings of the ``triton`` op (strategy, tile shape, scratch size; see ``KernelSettings``).
+            They change speed and memory, never the result; given with another impl they are an error.
 
     Returns the mean over local queries; in a multi-process run, averaging parameter gradients over ranks
     (as DDP does) gives the gradient of the mean over all queries of all ranks.
@@ -94,6 +98,9 @@ def contrastive_loss(
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
         impl = "triton" if queries.is_cuda else "chunked"
+    if kernel is not None and impl != "triton":
+        raise ValueError(f"kernel settings apply to impl='triton' only; this call runs impl={impl!r} (pass "
+                         "impl='triton', or drop kernel=)")
 
     keys = labels = None
     if in_batch:
@@ -117,4 +124,4 @@ def contrastive_loss(
                            "triton, for tests on tiny shapes); use impl='chunked' on the CPU")
     from .fused import fused_loss
 
-    return fused_loss(queries, positives, negatives, keys, labels, dims, weights, temperature)
+    return fused_loss(queries, positives, negatives, keys, labels, dims, weights, temperature, kernel)

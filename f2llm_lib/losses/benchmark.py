@@ -34,7 +34,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -42,6 +41,7 @@ import torch
 from .api import auto_chunk_size, mrl_levels, mrl_weights
 from .baselines import NOTES
 from .chunked import chunked_loss
+from .kernel_settings import SWEEP_TILES, KernelSettings, TileShape
 from .reference import reference_loss
 
 TEMPERATURE = 0.05
@@ -50,6 +50,11 @@ MRL_DIM, MRL_DIMS = 384, (64, 128, 256, 384)
 GPU_LARGE_SIZES = (8192, 16384, 32768, 65536)
 # Largest B at which the eager reference (B x N fp32 logits, several copies) still runs in the GPU benchmark.
 GPU_REFERENCE_MAX = 16384
+# The fused op's rows: its own choice, and its small-batch backward forced (the in-run baseline of the large-batch
+# path). The tile sweep's rows are "triton-large-batch@<TileShape>" (benchmarks before the rename say
+# "triton-scratch@...": the same path).
+TRITON_VARIANTS = {"triton": KernelSettings(), "triton-registers": KernelSettings(strategy="registers")}
+LARGE_BATCH_SWEEP = "triton-large-batch"
 
 
 def _case_inputs(regime: str, batch: int, dim: int, device: str, dtype: torch.dtype):
@@ -78,20 +83,12 @@ def _step_fn(impl: str, regime: str):
         return lambda q, p, n, k, y, d, w: compiled(q, p, n, k, y, d, w, TEMPERATURE)
     if impl == "chunked":
         return lambda q, p, n, k, y, d, w: chunked_loss(q, p, n, k, y, d, w, TEMPERATURE, auto_chunk_size(len(q)))
-    if impl.startswith("triton"):
+    if impl in TRITON_VARIANTS or impl.startswith(LARGE_BATCH_SWEEP + "@"):
         from .fused import fused_loss
-        from .fused_scratch import tile_config
 
-        # "triton": the op's own choice; "triton-registers": its small-batch backward forced (in-run baseline);
-        # "triton-scratch@128x64w4s4": the large-batch path with another tile shape (--scratch-tiles)
-        name, _, tiles = impl.partition("@")
-        strategy = name.partition("-")[2] or "auto"
-
-        def step(q, p, n, k, y, d, w):
-            with tile_config(tiles) if tiles else nullcontext():
-                return fused_loss(q, p, n, k, y, d, w, TEMPERATURE, strategy=strategy)
-
-        return step
+        settings = TRITON_VARIANTS.get(impl) or KernelSettings(
+            strategy="large_batch", tiles=TileShape.parse(impl.removeprefix(LARGE_BATCH_SWEEP + "@")))
+        return lambda q, p, n, k, y, d, w: fused_loss(q, p, n, k, y, d, w, TEMPERATURE, settings)
     if impl == "inf-cl":
         if regime != "large":
             raise ValueError("inf-cl has no hard negatives or MRL: large regime only")
@@ -202,7 +199,7 @@ def note(impl: str, regime: str) -> str:
     if name == "memeff" and regime == "mrl":
         return NOTES["memeff-mrl"]
     if tiles:
-        return f"ours, large-batch path forced, scratch tile shape {tiles} (tile sweep)"
+        return f"ours, large-batch path forced, tile shape {tiles} (tile sweep)"
     return NOTES.get(name, "")
 
 
@@ -375,10 +372,11 @@ def main(argv: list[str] | None = None) -> int:
                         "8192 16384 on the CPU, 8192 to 65536 on a GPU)")
     parser.add_argument("--kernel-profile", choices=["largest", "all", "none"], default="largest",
                         help="GPU: which sizes keep their per-kernel times in loss_kernels.csv")
-    parser.add_argument("--scratch-tiles", nargs="*", default=[], metavar="MxNwWsS",
-                        help="GPU, largest large-regime size: also time the scratch path with these tile shapes "
+    parser.add_argument("--large-batch-tiles", nargs="*", default=[], metavar="MxNwWsS",
+                        help="GPU, largest large-regime size: also time the large-batch path with these tile shapes "
                         "(e.g. 128x64w4s4)")
-    parser.add_argument("--scratch-sweep", action="store_true", help="--scratch-tiles fused_scratch.SWEEP_TILES")
+    parser.add_argument("--large-batch-sweep", action="store_true",
+                        help="--large-batch-tiles kernel_settings.SWEEP_TILES")
     parser.add_argument("--ceilings", action="store_true", help="GPU: measure its bf16 matmul and copy ceilings, "
                         "print them as JSON and stop")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -386,15 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.ceilings:
         print(json.dumps(device_ceilings()))
         return 0
-    if args.scratch_sweep or args.scratch_tiles:
-        from .fused_scratch import SWEEP_TILES, parse_tiles  # imports triton: only when asked
-
-        args.scratch_tiles += list(SWEEP_TILES) if args.scratch_sweep else []
-    for spec in args.scratch_tiles:
+    sweep: list[TileShape] = list(SWEEP_TILES) if args.large_batch_sweep else []
+    for spec in args.large_batch_tiles:
         try:
-            parse_tiles(spec)
+            sweep.append(TileShape.parse(spec))
         except ValueError as exc:
-            parser.error(f"--scratch-tiles: {exc}")
+            parser.error(f"--large-batch-tiles: {exc}")
     if args.worker:
         impl, regime, batch, dim, device, dtype, reps = json.loads(args.worker)
         print(json.dumps(measure(impl, regime, batch, dim, device, getattr(torch, dtype), reps)))
@@ -410,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     largest_of = {regime: max(b for r, b, _ in cases if r == regime) for regime, _, _ in cases}
     plan = [(regime, batch, dim, impl) for regime, batch, dim in cases for impl in _impls(args.device, regime, batch)]
     # the tile sweep last (a run cut short still has every main figure), at the largest in-batch size only
-    plan += [("large", largest, 1024, f"triton-scratch@{tiles}") for tiles in args.scratch_tiles if largest]
+    plan += [("large", largest, 1024, f"{LARGE_BATCH_SWEEP}@{tiles}") for tiles in sweep if largest]
     for index, (regime, batch, dim, impl) in enumerate(plan):
         if args.device == "cpu":
             row = _run_case_isolated(impl, regime, batch, dim, args.device, dtype, args.reps)

@@ -18,11 +18,24 @@ def dot(a, b, acc, IEEE: tl.constexpr):
 
 
 @triton.jit
-def load_pair(Q, K, offs_m, offs_n, mask_m, mask_n, d0, end, D, BLOCK_D: tl.constexpr):
-    """The query rows ``offs_m`` and key rows ``offs_n`` at feature columns [d0, d0 + BLOCK_D), zero past ``end``
-    (the current MRL prefix) and outside the masks: the operands of one step of a prefix dot product."""
-    offs_d = d0 + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < end
-    q = tl.load(Q + offs_m[:, None] * D + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-    k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+def load_pair(
+    query_ptr,  # [B, D] queries
+    key_ptr,  # [N, D] keys
+    query_rows,  # [BLOCK_M] row indices into the queries
+    key_rows,  # [BLOCK_N] row indices into the keys
+    query_mask,  # [BLOCK_M] which of those rows exist
+    key_mask,  # [BLOCK_N]
+    d0,  # first feature column of this step
+    end,  # the current MRL prefix: columns from here on read as zero
+    dim,  # D, the row stride
+    BLOCK_D: tl.constexpr,  # feature columns per step
+):
+    """The query rows and key rows at feature columns [d0, d0 + BLOCK_D), zero past ``end`` and outside the
+    masks: the operands of one step of a prefix dot product."""
+    cols = d0 + tl.arange(0, BLOCK_D)
+    col_mask = cols < end
+    q = tl.load(query_ptr + query_rows[:, None] * dim + cols[None, :],
+                mask=query_mask[:, None] & col_mask[None, :], other=0.0)
+    k = tl.load(key_ptr + key_rows[:, None] * dim + cols[None, :], mask=key_mask[:, None] & col_mask[None, :],
+                other=0.0)
     return q, k

@@ -6,10 +6,13 @@
 
 1. Record (a subprocess with ``TRITON_INTERPRET=1``): run the op through its public entry point on small CPU
    inputs, for each strategy, dtype and regime (d = 1024 and 2560, with and without in-batch and hard negatives),
-   and record the arguments of every kernel launch. The interpreter has no bf16, so fp16 launches are recorded
-   and compiled for both fp16 and bf16.
-2. Compile (this process, no interpreter): each distinct launch ahead of time for ``sm_<arch>`` with Triton's own
-   compiler and ptxas (shipped in the triton wheel), then read registers, spills and shared memory with cuobjdump.
+   and record the arguments of every kernel launch. A recorded launch is not run: what the op passes to its
+   kernels depends on shapes and settings, never on what an earlier kernel wrote (running them all under the
+   interpreter took a minute; the loss tests run them). The interpreter has no bf16, so fp16 launches are
+   recorded and compiled for both fp16 and bf16.
+2. Compile (no interpreter, one process per CPU core): each distinct launch ahead of time for ``sm_<arch>`` with
+   Triton's own compiler and ptxas (shipped in the triton wheel), then read registers, spills and shared memory
+   with cuobjdump.
 
 Compile errors that the interpreter cannot see (types of loop-carried values, non-constexpr globals, shared
 memory over the chip's limit) show up here on any machine; ``spill_bytes > 0`` flags a tile shape that does
@@ -20,19 +23,20 @@ fails to compile or needs more shared memory than ``--max-shared`` (an H100 give
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import json
+import multiprocessing
 import os
 import re
 import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
-KERNELS = {"fused": ("_ib_fwd", "_row_fwd", "_bwd_dq", "_bwd_dk"), "fused_scratch": ("_prefix_norms", "_ib_grad_tile",
-                                                                                     "_key_epilogue")}
+KERNELS = {"fused": ("_in_batch_stats_kernel", "_row_loss_kernel", "_query_grad_kernel", "_key_grad_kernel"),
+           "fused_large_batch": ("_prefix_norms_kernel", "_logit_grad_tile_kernel", "_key_epilogue_kernel")}
 # name: (strategy, dtype, B, extra keys, hard negatives, d, MRL, in-batch): every launch configuration the op uses.
 # MRL: True for F2LLM-v2's levels (8, 16, ..., d), False for d alone, or the prefix dims themselves.
 CASES = {
@@ -42,11 +46,11 @@ CASES = {
     "wide-query-block": ("registers", "float16", 33, 0, 0, 1024, False, True),  # 32 < B: BLOCK_M = 64
     "hard-only": ("registers", "float16", 8, 0, 3, 1024, True, False),  # classification and clustering data
     "narrow-d": ("registers", "float16", 3, 0, 0, 24, False, True),  # d <= 32: the narrow feature block
-    "scratch-everything": ("scratch", "float16", 16, 16, 7, 1024, True, True),  # large-batch path, all switched on
-    "large": ("scratch", "float16", 16, 16, 0, 1024, False, True),  # ... as benchmarked (in-batch, one level)
-    "large-fp32": ("scratch", "float32", 16, 16, 0, 1024, False, True),
+    "large-batch-everything": ("large_batch", "float16", 16, 16, 7, 1024, True, True),  # all switched on
+    "large": ("large_batch", "float16", 16, 16, 0, 1024, False, True),  # ... as benchmarked (in-batch, one level)
+    "large-fp32": ("large_batch", "float32", 16, 16, 0, 1024, False, True),
     # the benchmark's mrl regime (d = 384, dims 64 ... 384): large-batch path, and the small-batch one of its GPU test
-    "mrl-384": ("scratch", "float16", 16, 16, 0, 384, (64, 128, 256, 384), True),
+    "mrl-384": ("large_batch", "float16", 16, 16, 0, 384, (64, 128, 256, 384), True),
     "mrl-384-registers": ("registers", "float16", 16, 16, 0, 384, (64, 128, 256, 384), True),
 }
 
@@ -70,35 +74,38 @@ def _describe(value) -> object:
 
 
 def record() -> list[dict]:
-    """Run the op on every case under the interpreter; return each launch's kernel, arguments and options."""
+    """Run the op on every case with its kernels replaced by recorders; return each launch's kernel, arguments
+    and options."""
     import torch
 
-    from . import fused, fused_scratch
+    from . import fused, fused_large_batch
     from .api import contrastive_loss
+    from .kernel_settings import SWEEP_TILES, KernelSettings
 
     launches: list[dict] = []
     current = {"case": ""}
 
     class Recorder:
-        def __init__(self, name, kernel):
-            self.name, self.kernel = name, kernel
+        def __init__(self, name):
+            self.name = name
 
         def __getitem__(self, grid):
             def launch(*args, **kwargs):
                 launches.append({"kernel": self.name, "case": current["case"], "args": [_describe(a) for a in args],
                                  "kwargs": {k: _describe(v) for k, v in kwargs.items()}})
-                return self.kernel[grid](*args, **kwargs)
+                return None  # recorded, not run (see the module docstring)
 
             return launch
 
     for module_name, names in KERNELS.items():
-        module = fused if module_name == "fused" else fused_scratch
+        module = fused if module_name == "fused" else fused_large_batch
         for name in names:
-            setattr(module, name, Recorder(name, getattr(module, name)))
-    runs = [(case, spec, None) for case, spec in CASES.items()]
-    # the tile shapes the GPU benchmark sweeps (--scratch-sweep), on the benchmarked case
-    runs += [(f"large@{tiles}", CASES["large"], tiles) for tiles in fused_scratch.SWEEP_TILES]
-    for case, (strategy, dtype, batch, extra, k_hard, dim, mrl, in_batch), tiles in runs:
+            setattr(module, name, Recorder(name))
+    runs = [(case, spec, KernelSettings(strategy=spec[0])) for case, spec in CASES.items()]
+    # the tile shapes the GPU benchmark sweeps (--large-batch-sweep), on the benchmarked case
+    runs += [(f"large@{tiles}", CASES["large"], KernelSettings(strategy="large_batch", tiles=tiles))
+             for tiles in SWEEP_TILES]
+    for case, (_strategy, dtype, batch, extra, k_hard, dim, mrl, in_batch), settings in runs:
         current["case"] = case
         gen = torch.Generator().manual_seed(0)
 
@@ -108,10 +115,9 @@ def record() -> list[dict]:
         q, p = make(batch, dim), make(batch, dim)
         negatives = make(batch, k_hard, dim) if k_hard else None
         shared = make(extra, dim) if extra else None
-        with fused.forced_strategy(strategy), fused_scratch.tile_config(tiles) if tiles else nullcontext():
-            loss = contrastive_loss(q, p, negatives, shared_negatives=shared, in_batch=in_batch, impl="triton",
-                                    mrl_dims="f2llm_v2" if mrl is True else list(mrl) if mrl else None)
-            loss.backward()
+        loss = contrastive_loss(q, p, negatives, shared_negatives=shared, in_batch=in_batch, impl="triton",
+                                mrl_dims="f2llm_v2" if mrl is True else list(mrl) if mrl else None, kernel=settings)
+        loss.backward()
     return launches
 
 
@@ -152,18 +158,37 @@ def _resources(cubin: bytes) -> dict:
             "static_shared": int(usage.get("SHARED", 0))}
 
 
-def compile_all(launches: list[dict], arch: int, halves: Sequence[str] = ("fp16", "bf16")) -> list[dict]:
-    """Compile each distinct launch for sm_<arch>; one row per (kernel, constexprs, options, dtype)."""
+def _compile_variant(job: tuple[str, dict, str, int]) -> dict:
+    """Compile one variant (a worker process's task): Triton's compiler, then ptxas's resource counts."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from . import fused, fused_scratch
+    from . import fused, fused_large_batch
 
-    target = GPUTarget("cuda", arch, 32)
-    rows, seen = [], {}
+    name, launch, half, arch = job
+    module = fused if name in KERNELS["fused"] else fused_large_batch
+    signature, constexprs, attrs, options = _signature(getattr(module, name), launch, half)
+    try:
+        src = ASTSource(fn=getattr(module, name), signature=signature, constexprs=constexprs, attrs=attrs)
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+        return {**_resources(compiled.asm["cubin"]), "shared": compiled.metadata.shared,
+                "num_warps": compiled.metadata.num_warps, "num_stages": compiled.metadata.num_stages}
+    except Exception as exc:  # report every failing variant, not only the first
+        return {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"}
+
+
+def compile_all(launches: list[dict], arch: int, halves: Sequence[str] = ("fp16", "bf16"),
+                workers: int | None = None) -> list[dict]:
+    """Compile each distinct launch for sm_<arch>; one row per (kernel, constexprs, options, dtype). Distinct
+    variants compile in ``workers`` processes (default: one per CPU core), each a fresh interpreter."""
+    import triton
+
+    from . import fused, fused_large_batch
+
+    rows, seen, jobs = [], {}, []
     for launch in launches:
-        module = fused if launch["kernel"] in KERNELS["fused"] else fused_scratch
+        module = fused if launch["kernel"] in KERNELS["fused"] else fused_large_batch
         fn = getattr(module, launch["kernel"])
         has_half = any(isinstance(a, dict) and a["type"] == "*fp16" for a in launch["args"])
         for half in (halves if has_half else ("fp32",)):
@@ -176,14 +201,17 @@ def compile_all(launches: list[dict], arch: int, halves: Sequence[str] = ("fp16"
                                "arch": f"sm_{arch}", "triton": triton.__version__,
                                "constexprs": json.dumps(constexprs, sort_keys=True),
                                "options": json.dumps(options)}
-            try:
-                src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-                compiled = triton.compile(src, target=target, options=options)
-                row.update(_resources(compiled.asm["cubin"]), shared=compiled.metadata.shared,
-                           num_warps=compiled.metadata.num_warps, num_stages=compiled.metadata.num_stages)
-            except Exception as exc:  # report every failing variant, not only the first
-                row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
             rows.append(row)
+            jobs.append((launch["kernel"], launch, half, arch))
+    workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
+    if workers == 1:
+        results = [_compile_variant(job) for job in jobs]
+    else:  # spawn: each worker imports Triton afresh (no interpreter flag, no forked compiler state)
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            results = list(pool.map(_compile_variant, jobs))
+    for row, result in zip(rows, results, strict=True):
+        row.update(result)
     return rows
 
 

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
 from .api import contrastive_loss
+from .kernel_settings import KernelSettings
 from .tolerances import TOLERANCES
+
+# Implementations the notebook and the tests compare, by name: each is the keyword arguments of contrastive_loss.
+# "triton-large-batch": the fused op with its large-batch path forced on and its scratch cut to one tile, so that
+# small shapes walk several chunks on both sides.
+LOSS_VARIANTS: dict[str, dict] = {
+    "reference": {"impl": "reference"},
+    "chunked": {"impl": "chunked"},
+    "triton": {"impl": "triton"},
+    "triton-large-batch": {"impl": "triton", "kernel": KernelSettings(strategy="large_batch", scratch_bytes=1)},
+}
 
 
 def online_logsumexp(logits: torch.Tensor, chunk: int) -> tuple[torch.Tensor, list[float]]:
@@ -29,23 +39,17 @@ def online_logsumexp(logits: torch.Tensor, chunk: int) -> tuple[torch.Tensor, li
     return run_max + torch.log(run_sum), history
 
 
-def impl_context(impl: str) -> AbstractContextManager:
-    """'triton-scratch': the fused op with its large-batch backward forced on, one tile of scratch per chunk."""
-    if impl != "triton-scratch":
-        return nullcontext()
-    from .fused import forced_strategy  # imports triton: only once the caller has chosen the interpreter or a GPU
-
-    return forced_strategy("scratch", scratch_bytes=1)
-
-
 def compare_to_float64(shapes: Sequence[tuple[int, int, int, int, bool, bool]], impls: Sequence[str],
                        dtype: torch.dtype = torch.float32, seed: int = 0) -> list[dict]:
     """Max abs error of loss and gradients against the float64 reference, per shape and implementation, and
     whether all of them are within the dtype's (atol, rtol) of ``tolerances.TOLERANCES`` (the tests' numbers).
 
     A shape is (B, d, hard negatives per query, shared negatives, MRL, in-batch). ``impls`` are
-    ``contrastive_loss`` impls, plus ``triton-scratch`` (the fused op's large-batch backward, forced).
+    names of ``LOSS_VARIANTS`` (``contrastive_loss`` arguments).
     """
+    unknown = [impl for impl in impls if impl not in LOSS_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown loss variants {unknown}: choose from {list(LOSS_VARIANTS)}")
     rows = []
     for batch, dim, k_hard, n_shared, mrl, in_batch in shapes:
         gen = torch.Generator().manual_seed(seed)
@@ -55,11 +59,10 @@ def compare_to_float64(shapes: Sequence[tuple[int, int, int, int, bool, bool]], 
         def run(impl, dt, base=base, mrl=mrl, in_batch=in_batch):
             leaves = [t.to(dt).clone().requires_grad_() if t is not None else None for t in base]
             q, p, n, s = leaves
-            with impl_context(impl):
-                loss = contrastive_loss(q, p, n, shared_negatives=s, in_batch=in_batch,
-                                        mrl_dims="f2llm_v2" if mrl else None, impl=impl.split("-")[0],
-                                        chunk_size=8)
-                loss.backward()
+            loss = contrastive_loss(q, p, n, shared_negatives=s, in_batch=in_batch,
+                                    mrl_dims="f2llm_v2" if mrl else None, chunk_size=8,
+                                    **LOSS_VARIANTS[impl])
+            loss.backward()
             return loss.detach().double(), [t.grad.double() for t in leaves if t is not None]
 
         truth, truth_grads = run("reference", torch.float64)
