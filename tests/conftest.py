@@ -8,6 +8,11 @@ from __future__ import annotations
 import os
 import sys
 
+# pytest-xdist runs the suite in one worker per core (pyproject's addopts): each worker, and every process it
+# launches, then computes on one thread, so that workers do not oversubscribe the cores they share.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
 if "TRITON_INTERPRET" not in os.environ:
     import torch
 
@@ -22,6 +27,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 
 from f2llm_lib.paths import shared_data_dir  # noqa: E402
+
+# Longest files first: pytest-xdist (--dist loadfile) hands each file whole to one worker in collection order, and
+# the smoke notebooks (~4 min) or the ZeRO-2 launches (~2 min) started last would run alone at the end.
+LONG_FILES = ("test_notebooks.py", "test_deepspeed.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: LONG_FILES.index(item.path.name) if item.path.name in LONG_FILES else len(LONG_FILES))
 
 
 @pytest.fixture(scope="session")

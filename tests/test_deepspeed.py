@@ -13,6 +13,7 @@ from helpers import tokenized_pycode
 from safetensors.torch import load_file
 
 from f2llm_lib.paths import REPO_ROOT
+from f2llm_lib.train.launch import free_port
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is the optional extra: pip install -e '.[deepspeed]'")
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
@@ -23,22 +24,22 @@ def data_dir(tmp_path_factory):
     return tokenized_pycode(tmp_path_factory.mktemp("data"), 48, 48)
 
 
-def _train(tmp_path, data_dir, name: str, launcher: str, port: int, **overrides):
+def _train(tmp_path, data_dir, name: str, launcher: str, **overrides):
     config = {"model": "tiny-qwen3", "data_dir": str(data_dir), "max_steps": 3, "per_device_batch": 4,
               "num_negatives": 3, "warmup_steps": 1, "lr": 1e-3, "max_length": 48, "eval_every": 100,
               "save_every": 3, "val_fraction": 0.0, "seed": 0, "output_dir": str(tmp_path / name), **overrides}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     out = subprocess.run(ACCELERATE + [str(REPO_ROOT / "ci" / "accelerate" / launcher), "--main_process_port",
-                                       str(port), "-m", "f2llm_lib.train", "--config", str(path), "--no-export"],
+                                       str(free_port()), "-m", "f2llm_lib.train", "--config", str(path), "--no-export"],
                          capture_output=True, text=True, timeout=900, env={**os.environ})
     assert out.returncode == 0, out.stderr[-4000:]
     return tmp_path / name
 
 
 def test_zero2_on_two_processes_trains_as_ddp_does(tmp_path, data_dir):
-    zero2 = _train(tmp_path, data_dir, "zero2", "cpu_2proc_zero2.yaml", 29571)
-    ddp = _train(tmp_path, data_dir, "ddp", "cpu_2proc.yaml", 29572)
+    zero2 = _train(tmp_path, data_dir, "zero2", "cpu_2proc_zero2.yaml")
+    ddp = _train(tmp_path, data_dir, "ddp", "cpu_2proc.yaml")
     # DeepSpeed really ran: its sharded optimizer state, one file per rank
     shards = sorted(p.name for p in (zero2 / "checkpoints" / "step_3").rglob("*optim_states.pt"))
     assert len(shards) == 2, shards

@@ -50,16 +50,28 @@ def hub_tasks(names: str | list[str]) -> list:
 
 @contextlib.contextmanager
 def quiet_evaluators():
-    """Silence, for the evaluation call only, the warnings mteb's evaluators repeat for every experiment of every
-    task (sklearn's logistic-regression convergence notes, numpy's runtime notes on tiny clusters); anything else,
-    and every warning outside this call, still shows."""
-    from sklearn.exceptions import ConvergenceWarning
+    """Silence, for the evaluation call only, what mteb's evaluators repeat for every experiment of every task:
+    sklearn's logistic-regression convergence notes and its undefined-precision notes (a weak model that never
+    predicts some label: dozens per task), numpy's runtime notes on tiny clusters, mteb's note on a renamed
+    sentence-transformers method, and the datasets progress bar of every corpus. Anything else, and every warning
+    outside this call, still shows."""
+    import datasets
+    from sklearn.exceptions import ConvergenceWarning, UndefinedMetricWarning
 
+    bars_were_on = datasets.is_progress_bar_enabled()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        warnings.filterwarnings("ignore", category=UndefinedMetricWarning)
         warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"(sklearn|numpy|scipy)\.")
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"sklearn\.")
-        yield
+        warnings.filterwarnings("ignore", message=r".*get_sentence_embedding_dimension", category=FutureWarning,
+                                module=r"mteb\.")
+        datasets.disable_progress_bars()
+        try:
+            yield
+        finally:
+            if bars_were_on:
+                datasets.enable_progress_bars()
 
 
 def evaluate(models: dict[str, object], tasks: list, cache_dir: str | Path,
