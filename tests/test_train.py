@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from f2llm_lib.embedder.backbones import smollm2_tokenizer
 from f2llm_lib.paths import REPO_ROOT
 from f2llm_lib.train.config import ConfigError, TrainConfig
+from f2llm_lib.train.launch import free_port
 from f2llm_lib.train.loader import MultitaskLoader
 
 # The shipped config, so that the file users copy is the one tested.
@@ -49,7 +50,7 @@ def _weights(output_dir, step):
 
 def test_two_gloo_processes_equal_one_process_on_the_concatenated_batch(tmp_path, data_dir):
     two, one = tmp_path / "two", tmp_path / "one"
-    out = _run(ACCELERATE + ["--main_process_port", "29531", "-m", "f2llm_lib.train", "--config",
+    out = _run(ACCELERATE + ["--main_process_port", str(free_port()), "-m", "f2llm_lib.train", "--config",
                              _config(tmp_path, data_dir, output_dir=str(two)), "--no-export"])
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count('"steps": 3') == 2, "both processes must have run (a world of 2, not 1)"
