@@ -14,9 +14,9 @@ KERNEL := f2llm
 
 # What ci/gpu_check.sh needs beyond a GPU machine's own torch/triton/transformers (its Python: 3.12): the loss
 # benchmark's baselines, DeepSpeed (built here without its compiled ops) and its pydantic, datasets for the
-# sentence-transformers baseline. Versions: the constraints' where pinned there.
+# sentence-transformers baseline, pytest-xdist for the GPU tests. Versions: the constraints' where pinned there.
 GPU_WHEELS := inf-cl==1.2.1 memeff==0.3.1 hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
-	typing-inspection==0.4.5 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+	typing-inspection==0.4.5 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 pytest-xdist==3.8.0 execnet==2.1.2
 GPU_PLATFORM := --python-version 3.12 --implementation cp --only-binary=:all: --platform manylinux_2_28_x86_64 \
 	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
 

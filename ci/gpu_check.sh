@@ -36,7 +36,8 @@ parts=",${GPU_CHECK_PARTS:-tests,loss,train},"  # e.g. GPU_CHECK_PARTS=tests,los
 
 if [[ $parts == *,tests,* ]]; then
   stamp "GPU tests"
-  workers=$($py -c "import xdist" 2>/dev/null && echo "-n 4" || echo "")
+  # pyproject's addopts ask for pytest-xdist (-n 2); without it (a machine's own Python), run serially without them
+  workers=$($py -c "import xdist" 2>/dev/null && echo "-n 4" || echo "-o addopts=-ra")
   timeout 90 $py -m pytest -q -p no:cacheprovider $workers tests/test_loss_gpu.py > "$out/gpu_tests.log" 2>&1 || status=1
   tail -n 15 "$out/gpu_tests.log"
 fi
