@@ -158,19 +158,22 @@ def _resources(cubin: bytes) -> dict:
             "static_shared": int(usage.get("SHARED", 0))}
 
 
-def _compile_variant(job: tuple[str, dict, str, int]) -> dict:
+def _kernel(name: str):
+    """The JIT function of one of the op's kernels, by name (``KERNELS``)."""
+    from . import fused, fused_large_batch
+
+    return getattr(fused if name in KERNELS["fused"] else fused_large_batch, name)
+
+
+def _compile_variant(job: tuple[str, tuple[dict, dict, dict, dict], int]) -> dict:
     """Compile one variant (a worker process's task): Triton's compiler, then ptxas's resource counts."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from . import fused, fused_large_batch
-
-    name, launch, half, arch = job
-    module = fused if name in KERNELS["fused"] else fused_large_batch
-    signature, constexprs, attrs, options = _signature(getattr(module, name), launch, half)
+    name, (signature, constexprs, attrs, options), arch = job
     try:
-        src = ASTSource(fn=getattr(module, name), signature=signature, constexprs=constexprs, attrs=attrs)
+        src = ASTSource(fn=_kernel(name), signature=signature, constexprs=constexprs, attrs=attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
         return {**_resources(compiled.asm["cubin"]), "shared": compiled.metadata.shared,
                 "num_warps": compiled.metadata.num_warps, "num_stages": compiled.metadata.num_stages}
@@ -184,12 +187,9 @@ def compile_all(launches: list[dict], arch: int, halves: Sequence[str] = ("fp16"
     variants compile in ``workers`` processes (default: one per CPU core), each a fresh interpreter."""
     import triton
 
-    from . import fused, fused_large_batch
-
     rows, seen, jobs = [], {}, []
     for launch in launches:
-        module = fused if launch["kernel"] in KERNELS["fused"] else fused_large_batch
-        fn = getattr(module, launch["kernel"])
+        fn = _kernel(launch["kernel"])
         has_half = any(isinstance(a, dict) and a["type"] == "*fp16" for a in launch["args"])
         for half in (halves if has_half else ("fp32",)):
             signature, constexprs, attrs, options = _signature(fn, launch, half)
@@ -202,7 +202,7 @@ def compile_all(launches: list[dict], arch: int, halves: Sequence[str] = ("fp16"
                                "constexprs": json.dumps(constexprs, sort_keys=True),
                                "options": json.dumps(options)}
             rows.append(row)
-            jobs.append((launch["kernel"], launch, half, arch))
+            jobs.append((launch["kernel"], (signature, constexprs, attrs, options), arch))
     workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
     if workers == 1:
         results = [_compile_variant(job) for job in jobs]
