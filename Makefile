@@ -42,8 +42,8 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,) $(LAB_ARGS)
 
 readme-report: $(STAMP)
-	$(PY) -m f2llm_lib.tooling.run_report --update-readme
-	$(PY) -m f2llm_lib.tooling.benchmark_report --update-readme
+	$(PY) -m f2llm_lib.bench.run_report --update-readme
+	$(PY) -m f2llm_lib.bench.report --update-readme
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -64,7 +64,7 @@ gpu-inputs: $(STAMP)
 	DS_BUILD_OPS=0 $(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation \
 	  -w .whl $(DEEPSPEED)
 	$(PY) -m f2llm_lib.embedder.backbones architecture smollm2-135m .gpu/smollm2-135m-arch
-	$(PY) -m f2llm_lib.train.benchmark --batch 16 --steps 12 --save-tuples .gpu/pycode_retrieval.jsonl
+	$(PY) -m f2llm_lib.bench.train --batch 16 --steps 12 --save-tuples .gpu/pycode_retrieval.jsonl
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

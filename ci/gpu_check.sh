@@ -28,7 +28,7 @@ fi
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   $py -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
-  $py -m f2llm_lib.losses.benchmark --ceilings
+  $py -m f2llm_lib.bench.loss --ceilings
 } > "$out/environment.txt" 2>&1
 cat "$out/environment.txt"
 status=0
@@ -44,7 +44,7 @@ fi
 
 if [[ $parts == *,loss,* ]]; then
   stamp "loss benchmark"
-  timeout 290 $py -m f2llm_lib.losses.benchmark --device cuda --large-batch-sweep --out "$out" || status=1
+  timeout 290 $py -m f2llm_lib.bench.loss --device cuda --large-batch-sweep --out "$out" || status=1
 fi
 
 arch=.gpu/smollm2-135m-arch
@@ -54,7 +54,7 @@ elif [ -f "$arch/config.json" ] && [ -f .gpu/pycode_retrieval.jsonl ]; then
   stamp "trainer benchmark"
   model=$(mktemp -d)/smollm2-135m-arch
   cp -r "$arch" "$model" && $py -m f2llm_lib.embedder.backbones random-init "$model" >/dev/null
-  timeout 110 $py -m f2llm_lib.train.benchmark --device cuda --models "$model:0" --precision bf16 --batch 16 \
+  timeout 110 $py -m f2llm_lib.bench.train --device cuda --models "$model:0" --precision bf16 --batch 16 \
     --negatives 7 --max-length 256 --steps 12 --zero2 --tuples .gpu/pycode_retrieval.jsonl --out "$out/train" \
     && mv "$out/train/train_benchmark.csv" "$out/" && rm -rf "$out/train" || status=1
 else

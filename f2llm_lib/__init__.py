@@ -1,10 +1,14 @@
 """F2LLM helper library: turn a decoder foundation LLM into a text-embedding model.
 
-Laid out by the notebooks' steps: ``embedder`` (00: backbones, tokenization, pooling, the encoder, export),
-``data`` (01: recipes, curation, mining, the tokenized format), ``losses`` (02: the loss, its kernels and
-benchmarks), ``train`` (03: loader, trainer, checkpoints, distillation), ``evaluation`` (04: mteb models, tasks,
-reports); ``exercises`` (every notebook's exercises and checkers), ``plots``, ``paths``, ``demo``, and ``tooling``
-(the runner, the run report, the CLI).
+The runtime, in the order a run uses it (each package imports only from the ones before it; ``tests/test_layout.py``
+holds that): ``embedder`` (00: backbones, tokenization, pooling, prompts, the encoder, export), ``data`` (01:
+recipes, curation, mining, the tokenized format), ``losses`` (02: the loss and its fused kernels), ``train`` (03:
+loader, trainer, checkpoints, distillation), ``evaluation`` (04: mteb models, tasks, reports). Shared below them:
+``paths`` (caches, settings), ``atomic`` (whole-or-nothing writes), ``typed`` (typed settings from mappings).
+
+On top: ``bench`` (benchmarks, kernel compile checks, baselines, generated reports), ``teaching`` (the notebooks'
+step-by-step code, plots and exercises) and ``tooling`` (the ``f2llm`` command, the setup check, the notebook
+runner).
 """
 
 __version__ = "0.1.0"

@@ -38,9 +38,8 @@ def write_results(out_dir: str | Path, results: dict) -> Path:
     """A notebook's results as ``results.json`` in its output folder (through a temporary file and a rename)."""
     import json
 
-    path = Path(out_dir) / "results.json"
-    tmp = path.with_name(".results.json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, default=str))
-    tmp.replace(path)
+    from .atomic import atomic_write_text
+
+    path = atomic_write_text(Path(out_dir) / "results.json", json.dumps(results, indent=2, default=str))
     print(f"wrote {path}")
     return path

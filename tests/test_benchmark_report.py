@@ -1,6 +1,6 @@
 """The README's GPU section is what benchmark_report makes of the committed CSVs: figures never typed by hand."""
 
-from f2llm_lib.tooling.benchmark_report import (
+from f2llm_lib.bench.report import (
     CPU_END,
     CPU_START,
     cpu_section,

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from f2llm_lib.exercises import EXERCISES, check, solution
+from f2llm_lib.teaching.exercises import EXERCISES, check, solution
 
 
 def _not_attempted(*args, **kwargs):

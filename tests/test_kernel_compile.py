@@ -2,7 +2,7 @@
 
 The interpreter that runs the other Triton tests on the CPU never compiles anything, so it cannot see the errors
 a GPU compile hits (types of loop-carried values, non-constexpr globals, shared memory over the limit); nor
-whether the hot loops are software-pipelined. ``f2llm_lib.losses.kernel_check`` records every launch of the op
+whether the hot loops are software-pipelined. ``f2llm_lib.bench.kernels`` records every launch of the op
 under the interpreter and compiles each one ahead of time with Triton's compiler and ptxas (both in the triton
 wheel): no GPU needed.
 """
@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from f2llm_lib.losses.kernel_check import compile_report
+from f2llm_lib.bench.kernels import compile_report
 from f2llm_lib.losses.kernel_settings import SWEEP_TILES, TileShape
 
 

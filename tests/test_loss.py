@@ -10,7 +10,7 @@ from f2llm_lib.losses import KernelSettings, TileShape, contrastive_loss, fused_
 from f2llm_lib.losses.chunked import chunked_loss
 from f2llm_lib.losses.fused import fused_loss
 from f2llm_lib.losses.reference import reference_loss
-from f2llm_lib.losses.teaching import LOSS_VARIANTS
+from f2llm_lib.teaching.loss_variants import LOSS_VARIANTS
 
 # triton-large-batch: the fused op with the large-batch path (fused_large_batch) forced on, its scratch cut to one
 # 128-row tile so that both sides walk several chunks whenever B or N exceeds 128.

@@ -15,8 +15,8 @@ import pytest
 import torch
 from helpers import TOLERANCES, assert_verbose_allclose
 
+from f2llm_lib.bench.loss_baselines import MEMEFF_MARGIN_OFF, memeff_loss
 from f2llm_lib.losses import benchmark, mrl_weights
-from f2llm_lib.losses.baselines import MEMEFF_MARGIN_OFF, memeff_loss
 from f2llm_lib.losses.reference import reference_loss
 
 MEMEFF_MODULES = ("memeff._common", "memeff.clip_qwen3_loss", "memeff.mrl_qwen3_loss")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from helpers import TOLERANCES, assert_verbose_allclose
 
 from f2llm_lib.losses import contrastive_loss
-from f2llm_lib.losses.teaching import LOSS_VARIANTS
+from f2llm_lib.teaching.loss_variants import LOSS_VARIANTS
 
 IMPLS = ("reference", "chunked", "triton", "triton-large-batch")  # the last: the fused op's large-batch path
 B, D, K_HARD, M_SHARED = 3, 24, 2, 2

@@ -1,4 +1,5 @@
-"""Notebook 02's kernel steps (``f2llm_lib.losses.steps``) against float64 on ragged shapes (fp32 tolerances)."""
+"""Notebook 02's kernel steps (``f2llm_lib.teaching.kernel_steps``) against float64 on ragged shapes (fp32
+tolerances)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from helpers import TOLERANCES, assert_verbose_allclose
 
-from f2llm_lib.losses import contrastive_loss, mrl_levels, mrl_weights, steps
+from f2llm_lib.losses import contrastive_loss, mrl_levels, mrl_weights
+from f2llm_lib.teaching import kernel_steps as steps
 
 SHAPES = [(1, 1, 8), (5, 23, 33), (17, 17, 40), (19, 35, 96)]  # (B, N, d): none a multiple of the tiles
 TAU = 0.05

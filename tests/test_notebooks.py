@@ -114,7 +114,7 @@ def test_readme_types_no_durations_outside_its_generated_blocks():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_short_cells_numbered_sections_and_no_plotting_code(path):
     """Cells stay short (logic lives in f2llm_lib), sections are numbered 1..n in order, plots come from
-    f2llm_lib.plots (no matplotlib in a notebook)."""
+    f2llm_lib.teaching.plots (no matplotlib in a notebook)."""
     import re
 
     nb = nbformat.read(path, as_version=4)
@@ -122,7 +122,7 @@ def test_short_cells_numbered_sections_and_no_plotting_code(path):
         if cell.cell_type == "code":
             assert len(cell.source.splitlines()) <= 15, f"{path.stem}: cell {index} is longer than 15 lines"
             assert "matplotlib" not in cell.source and "plt." not in cell.source, (
-                f"{path.stem}: cell {index} draws with matplotlib; add the plot to f2llm_lib/plots.py")
+                f"{path.stem}: cell {index} draws with matplotlib; add the plot to f2llm_lib/teaching/plots.py")
     numbers = [int(m.group(1)) for cell in nb.cells if cell.cell_type == "markdown"
                for m in re.finditer(r"^## (\d+)\. ", cell.source, flags=re.M)]
     assert numbers == list(range(1, len(numbers) + 1)), f"{path.stem}: sections numbered {numbers}"

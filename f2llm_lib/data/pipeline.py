@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..atomic import atomic_file, atomic_folder
+from ..embedder.prompts import query_prompt
 from .decontaminate import DecontaminationReport, Decontaminator
 from .mining import BM25Scorer, EncoderScorer, MiningConfig, MiningReport, mine_hard_negatives
 from .recipes import (
@@ -75,7 +76,7 @@ def make_scorer(spec: str, num_layers: int | None = None, instruction: str | Non
         model = SentenceTransformer(spec[3:], trust_remote_code=False)
 
         def encode(texts, instruction=None, batch_size=32):
-            prompt = f"Instruct: {instruction}\nQuery: " if instruction else None
+            prompt = query_prompt(instruction) if instruction else None
             return model.encode(texts, prompt=prompt, batch_size=batch_size, normalize_embeddings=True)
 
         return EncoderScorer(encode, instruction=instruction)
@@ -178,9 +179,8 @@ def write_tuples(result: CurationResult, out_dir: Path) -> None:
     for name, tuples in result.datasets.items():
         width = max((len(t.negatives) for t in tuples), default=0)
         table = pa.Table.from_pylist([t.as_row(width) for t in tuples])
-        tmp = out_dir / "tuples" / f".{name}.parquet.tmp"
-        pq.write_table(table, tmp)
-        tmp.replace(out_dir / "tuples" / f"{name}.parquet")
+        with atomic_file(out_dir / "tuples" / f"{name}.parquet") as tmp:
+            pq.write_table(table, tmp)
 
 
 OUTPUT_MARKER = ".f2llm-pipeline.json"  # marks a folder this pipeline wrote (and may replace)
@@ -242,9 +242,7 @@ def run_recipe(recipe_path: str | Path | list, out_dir: str | Path, backbone: st
                         "sources and the recipes' filters")
     reports = {"mining": {k: v.summary() for k, v in result.mining.items()},
                "decontamination": result.decontamination.per_dataset, "duplicates_dropped": result.duplicates}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-curating-", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir, prefix="curating-") as work:
         names = [r.name for r in recipes]
         provenance = {"recipe": recipe.name if recipe else "+".join(names), "recipes": names,
                       "recipe_sha1": {r.name: r.digest for r in recipes}, "backbone": backbone}
@@ -253,27 +251,14 @@ def run_recipe(recipe_path: str | Path | list, out_dir: str | Path, backbone: st
         write_tuples(result, work)
         (work / "reports.json").write_text(json.dumps(reports, indent=2))
         (work / OUTPUT_MARKER).write_text(json.dumps(provenance))
-        _replace(work, out_dir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return result
 
 
-def _replace(new: Path, target: Path) -> None:
-    """Swap a finished folder into place with two renames; the old one is deleted only after."""
-    if target.exists():
-        old = target.with_name(f".{target.name}-replaced-{os.getpid()}")
-        os.rename(target, old)
-        os.rename(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(new, target)
-
-
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from ..embedder.backbones import BackboneError
 
-    parser = argparse.ArgumentParser(description="Curate data recipes into one folder of F2LLM training files.")
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Curate data recipes into one folder of F2LLM training files.")
     parser.add_argument("recipes", nargs="+", help="recipe names in data_recipes/ or paths to .yaml files (a mix: "
                         "all curated into one corpus); a recipe with 'mix:' lists others")
     parser.add_argument("--out", type=Path, required=True)

@@ -25,14 +25,14 @@ import json
 import mmap
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..embedder.model import format_query
+from ..atomic import atomic_folder
+from ..embedder.prompts import format_query
 from ..embedder.tokenization import tokenize_with_eos, tokenizer_identity
 from .schema import TrainingTuple, validate_tuple
 
@@ -105,7 +105,9 @@ class TokenizedWriter:
         for leftover in self.out_dir.parent.glob(f".{self.out_dir.name}-tokenizing-*"):
             print(f"[tokenized] removing {leftover}, left by a write that was interrupted", flush=True)
             shutil.rmtree(leftover, ignore_errors=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}-tokenizing-", dir=self.out_dir.parent))
+        # Entered here, left in close() (the folder moves into place) or abort() (it is removed).
+        self._folder = atomic_folder(self.out_dir, prefix="tokenizing-")
+        self.tmp = self._folder.__enter__()
         self.tokenizer, self.max_length, self.batch_size = tokenizer, max_length, batch_size
         self.extra = manifest_extra or {}
         self.doc_ids: dict[bytes, int] = {}  # 16-byte digest of a document's text -> doc id
@@ -212,19 +214,14 @@ class TokenizedWriter:
         (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         self.doc_ids.clear()
         self._shutdown()
-        if self.out_dir.exists():
-            old = self.out_dir.with_name(f".{self.out_dir.name}-old-{os.getpid()}")
-            os.rename(self.out_dir, old)  # both renames are atomic; the old folder goes only once the new one is in
-            os.rename(self.tmp, self.out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(self.tmp, self.out_dir)
+        self._folder.__exit__(None, None, None)  # replaces an older folder only now, once this one is complete
         return manifest
 
     def abort(self) -> None:
         self._shutdown()
         self.corpus.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        aborted = TokenizedDataError("the write was aborted")
+        self._folder.__exit__(type(aborted), aborted, None)  # removes the unfinished folder; out_dir is untouched
 
     def _shutdown(self) -> None:
         if self.pool is not None:

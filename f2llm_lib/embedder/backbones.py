@@ -17,14 +17,12 @@ The returned model is the bare decoder (no LM head): F2LLM pools the hidden stat
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..atomic import atomic_folder
 from ..paths import cache_dir
 
 SMOLLM2_SPEC = "smollm2-135m"
@@ -94,19 +92,10 @@ def _fix_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBas
 
 
 def _atomic_save(folder: Path, save) -> None:
-    """Write into a temporary sibling folder, then rename: a crash never leaves a half-written cache."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be readable
-    try:
+    """A cache folder written whole (a crash never leaves half a cache); a process that loses the race to write it
+    keeps the winner's copy."""
+    with atomic_folder(folder, keep_existing=True) as tmp:
         save(tmp)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not folder.exists():  # another process won the race when it exists; keep theirs
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def smollm2_tokenizer() -> PreTrainedTokenizerBase:
@@ -266,9 +255,8 @@ def save_architecture(spec: str, out_dir: str | Path) -> Path:
         model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    _atomic_save(out_dir, save)
+    with atomic_folder(out_dir) as tmp:
+        save(tmp)
     return out_dir
 
 
@@ -320,11 +308,12 @@ def load_backbone(
     return model, tokenizer
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``python -m f2llm_lib.embedder.backbones architecture SPEC DIR`` / ``random-init DIR``."""
     import argparse
 
-    parser = argparse.ArgumentParser(description="Move a backbone's shape to a machine its weights can't reach")
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Move a backbone's shape to a machine its weights can't reach")
     sub = parser.add_subparsers(dest="command", required=True)
     arch = sub.add_parser("architecture", help="write SPEC's config + tokenizer (no weights) to DIR")
     arch.add_argument("spec")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
+from ..atomic import atomic_folder
 from .model import F2LLMEncoder
+from .prompts import query_prompt
 
 
 def _tokenizer_appending_eos(tokenizer):
@@ -39,31 +39,30 @@ def export_sentence_transformers(encoder: F2LLMEncoder, out_dir: str | Path,
         from sentence_transformers import models
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        backbone_dir = work / "backbone"
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-backbone-", dir=_existing_parent(out_dir)) as scratch, \
+            atomic_folder(out_dir) as work:
+        backbone_dir = Path(scratch) / "backbone"
         encoder.backbone.save_pretrained(backbone_dir, safe_serialization=True)
         tokenizer = _tokenizer_appending_eos(encoder.tokenizer)
         tokenizer.save_pretrained(backbone_dir)
         (backbone_dir / "chat_template.jinja").unlink(missing_ok=True)
         transformer = models.Transformer(str(backbone_dir), max_seq_length=encoder.max_length)
         pooling = models.Pooling(encoder.dim, pooling_mode="lasttoken")
-        prompts = {"query": f"Instruct: {query_instruction}\nQuery: "} if query_instruction else {}
+        prompts = {"query": query_prompt(query_instruction)} if query_instruction else {}
         model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], prompts=prompts,
                                     similarity_fn_name="cosine", device="cpu")
-        model.save(str(work / "model"))
+        model.save(str(work))
         # The export carries the model's real limit (sentence-transformers 6 keeps its truncation length as the
         # tokenizer's), not the training length: with that, every longer text looked like an indexing error, and
         # sentence-transformers cut it at the training length.
-        _set_model_max_length(work / "model" / "tokenizer_config.json",
+        _set_model_max_length(work / "tokenizer_config.json",
                               int(getattr(encoder.backbone.config, "max_position_embeddings", 0) or 0))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.rename(work / "model", out_dir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return out_dir
+
+
+def _existing_parent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.parent
 
 
 def _set_model_max_length(path: Path, length: int) -> None:

@@ -10,14 +10,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .pooling import last_token_pool, mean_pool, normalize
+from .prompts import format_query
 from .tokenization import pad_batch, tokenize_with_eos
-
-QUERY_TEMPLATE = "Instruct: {instruction}\nQuery: {text}"
-
-
-def format_query(text: str, instruction: str | None) -> str:
-    """F2LLM's query format; documents (and ``instruction=None``) get no instruction."""
-    return text if not instruction else QUERY_TEMPLATE.format(instruction=instruction, text=text)
 
 
 class F2LLMEncoder(torch.nn.Module):

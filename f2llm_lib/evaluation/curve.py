@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors.torch import load_file
-
-from ..embedder.backbones import load_backbone
-from ..embedder.model import F2LLMEncoder
+from ..train.checkpoints import complete_checkpoints, load_checkpoint_encoder
 from .mteb_model import F2LLMMtebModel
 from .run import evaluate
 
@@ -39,18 +36,14 @@ def checkpoint_curve(run_dir: str | Path, backbone: str, num_layers: int | None,
     task = tasks[0].metadata.name
     minutes = training_minutes(run_dir)
     rows = [] if base_score is None else [{"step": 0, "minutes": 0.0, "task": task, "score": base_score}]
-    checkpoints = sorted((p for p in (run_dir / "checkpoints").glob("step_*") if (p / ".complete").exists()),
-                         key=lambda p: int(p.name.split("_")[1]))
+    checkpoints = complete_checkpoints(run_dir)
     last_step = max(minutes, default=None)
     for checkpoint in checkpoints:
         step = int(checkpoint.name.split("_")[1])
         if final_score is not None and step == last_step and (run_dir / "final").exists():
             rows.append({"step": step, "minutes": minutes.get(step), "task": task, "score": final_score})
             continue
-        model, tokenizer = load_backbone(backbone, num_layers=num_layers)
-        state = {k.removeprefix("backbone."): v for k, v in load_file(str(checkpoint / "model.safetensors")).items()}
-        model.load_state_dict(state)
-        encoder = F2LLMEncoder(model, tokenizer, max_length=max_length)
+        encoder = load_checkpoint_encoder(checkpoint, backbone, num_layers, max_length)
         label = f"{run_dir.name}-step{step}"
         for row in evaluate({label: F2LLMMtebModel(encoder, label, batch_size=batch_size)}, tasks, cache_dir):
             rows.append({"step": step, "minutes": minutes.get(step), "task": row["task"], "score": row["score"]})

@@ -23,7 +23,8 @@ from mteb.models.model_implementations.codefuse_models import F2LLM_0B6
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
-from ..embedder.model import QUERY_TEMPLATE, F2LLMEncoder
+from ..embedder.model import F2LLMEncoder
+from ..embedder.prompts import query_prompt
 from .instructions import instruction_for
 
 # The F2LLM authors' registered entry (the same settings for 0.6B, 1.7B and 4B).
@@ -67,7 +68,7 @@ class F2LLMMtebModel(AbsEncoder):
                 instruction = None
             return instruction or ""
         ours = instruction_for(task_metadata.name, task_metadata.type, prompt_type in (None, PromptType.query))
-        return QUERY_TEMPLATE.format(instruction=ours, text="") if ours else ""
+        return query_prompt(ours) if ours else ""
 
     def input_texts(self, texts: list[str], task_metadata, prompt_type: PromptType | None) -> list[str]:
         """The exact strings embedded (EOS is appended to their token ids)."""

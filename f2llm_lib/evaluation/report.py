@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..atomic import atomic_write_text
+
 # Published MTEB(eng, v2) category averages (F2LLM report, Qwen3-Embedding card), as summarised in
 # ../shared/F2LLM_FACTS.md; shown only when the evaluated tasks include that category's MTEB tasks.
 PUBLISHED = {
@@ -94,7 +96,5 @@ def write_report(rows: list[dict], out_dir: Path, title: str, notes: str = "") -
     if reference is not None:
         parts += ["Published MTEB(eng, v2) category averages (for scale):", "", to_markdown(reference), ""]
     for name, text in (("report.md", "\n".join(parts)), ("results.json", json.dumps(rows, indent=2))):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out_dir / name)
+        atomic_write_text(out_dir / name, text)
     return out_dir / "report.md"

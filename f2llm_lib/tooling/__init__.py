@@ -1,3 +1,2 @@
-"""Tooling around the steps: the setup check (``env_check``), the papermill runner (``notebook_runner``), the main
-job's report (``run_report``), the README's generated benchmark sections (``benchmark_report``) and the command
-line (``cli``)."""
+"""Tooling on top of the steps: the ``f2llm`` command (``cli``, ``cli_steps``), the setup check (``env_check``) and
+the papermill runner (``notebook_runner``)."""

@@ -220,8 +220,9 @@ def chained_parameters(notebook: Path, run_dir: Path, explicit: dict[str, Any]) 
     return validate_parameters(notebook, values, source="earlier notebooks") if values else {}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the F2LLM notebooks headless with a parameter profile.")
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Run the F2LLM notebooks headless with a parameter profile.")
     parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run (default: all, in order)")
     parser.add_argument("--profile", default="cpu", choices=PROFILES)
     parser.add_argument("--run-dir", type=Path, help="where executed copies go (default: runs/<timestamp>)")

@@ -10,8 +10,8 @@ from .config import ConfigError, TrainConfig
 from .trainer import train
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="F2LLM single-stage finetuning")
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="F2LLM single-stage finetuning")
     parser.add_argument("--config", required=True)
     parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     parser.add_argument("--no-export", action="store_true")

@@ -16,6 +16,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from ..atomic import atomic_write_text
 from .config import TrainConfig
 
 RUN_CONFIG = "run_config.json"
@@ -50,9 +51,7 @@ def prepare_output_dir(output_dir: Path, config: TrainConfig, resume: bool, is_m
                                  "output_dir")
     if is_main and not resume:
         output_dir.mkdir(parents=True, exist_ok=True)
-        tmp = saved_path.with_name(RUN_CONFIG + ".tmp")
-        tmp.write_text(json.dumps(settings, indent=2))
-        tmp.replace(saved_path)
+        atomic_write_text(saved_path, json.dumps(settings, indent=2))
 
 
 def _comparable(config: TrainConfig) -> dict:
@@ -93,6 +92,37 @@ def truncate_metrics(metrics_path: Path, step: int) -> None:
     rows = metrics_path.read_text().splitlines()
     kept = [row for row in rows if row.strip() and json.loads(row)["step"] <= step]
     if len(kept) != len(rows):
-        tmp = metrics_path.with_name(metrics_path.name + ".tmp")
-        tmp.write_text("".join(row + "\n" for row in kept))
-        tmp.replace(metrics_path)
+        atomic_write_text(metrics_path, "".join(row + "\n" for row in kept))
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """A run's complete checkpoints, oldest first."""
+    folder = Path(output_dir) / "checkpoints"
+    found = [p for p in folder.glob("step_*") if p.name.split("_")[1].isdigit() and (p / COMPLETE).exists()]
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def load_checkpoint_encoder(checkpoint: str | Path, backbone: str, num_layers: int | None = None,
+                            max_length: int = 512):
+    """The encoder saved in a (non-DeepSpeed) checkpoint: ``backbone`` is built as the run built it (same spec, same
+    layer count), then the checkpoint's safetensors weights are loaded into it, strictly (a wrong ``backbone`` or
+    ``num_layers`` is an error naming the mismatched keys, not a silently half-loaded model)."""
+    from safetensors.torch import load_file
+
+    from ..embedder.backbones import load_backbone
+    from ..embedder.model import F2LLMEncoder
+
+    checkpoint = Path(checkpoint)
+    weights = checkpoint / "model.safetensors"
+    if not weights.is_file():
+        raise RunFolderError(f"{checkpoint}: no model.safetensors; give a checkpoint folder of a run "
+                             "(runs/.../checkpoints/step_N)")
+    model, tokenizer = load_backbone(backbone, num_layers=num_layers)
+    state = {k.removeprefix("backbone."): v for k, v in load_file(str(weights)).items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise RunFolderError(f"{checkpoint}: its weights do not fit {backbone!r} with num_layers={num_layers} "
+                             f"({str(exc).splitlines()[1][:200] if len(str(exc).splitlines()) > 1 else exc}); "
+                             "give the backbone and layer count the run trained") from exc
+    return F2LLMEncoder(model, tokenizer, max_length=max_length)

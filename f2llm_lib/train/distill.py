@@ -17,16 +17,14 @@ folder or hub id, or ``st:<name>``.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..atomic import atomic_folder
 from ..data.tokenized import TokenizedData
 
 DISTILL_LOSSES = ("mse", "kl")
@@ -66,9 +64,7 @@ def teacher_cache(data_dir: str | Path, spec: str, tokenizer, batch_size: int = 
     log(f"[distill] embedding {len(data.corpus):,} documents and "
         f"{sum(len(a.queries) for a in data.datasets.values()):,} queries with teacher {spec} (once; cached in "
         f"{folder})")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as work:
         def embed(ragged, path: Path) -> int:
             out = None
             for start in range(0, len(ragged), batch_size):
@@ -88,11 +84,6 @@ def teacher_cache(data_dir: str | Path, spec: str, tokenizer, batch_size: int = 
         for name, arrays in data.datasets.items():
             embed(arrays.queries, work / "queries" / f"{name}.npy")
         (work / "meta.json").write_text(json.dumps({"source": source, "dim": dim}, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.rename(work, folder)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return folder
 
 

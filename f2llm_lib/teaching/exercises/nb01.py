@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.mining import MiningConfig, select_negatives
+from ...data.mining import MiningConfig, select_negatives
 from ._common import ExerciseFailed
 
 

@@ -54,8 +54,8 @@ def padding_pitfall(model, tokenizer, texts: list[str], groups: list[str], max_l
     """
     import torch
 
-    from .embedder.pooling import last_token_pool, normalize
-    from .embedder.tokenization import pad_batch, tokenize_with_eos
+    from ..embedder.pooling import last_token_pool, normalize
+    from ..embedder.tokenization import pad_batch, tokenize_with_eos
 
     ids = tokenize_with_eos(tokenizer, texts, max_length)
     input_ids, attention_mask, lengths = pad_batch(ids, tokenizer.pad_token_id, padding_side="right")

@@ -1,7 +1,7 @@
 """How the tokenized-data path grows with size: write time and memory, loader start and memory, batch assembly.
 
-    python -m f2llm_lib.data.scale_benchmark --out runs/scale                    # 10k, 100k, 1M queries
-    python -m f2llm_lib.data.scale_benchmark --out runs/scale --sizes 1000 5000  # quicker
+    python -m f2llm_lib.bench.scale --out runs/scale                    # 10k, 100k, 1M queries
+    python -m f2llm_lib.bench.scale --out runs/scale --sizes 1000 5000  # quicker
 
 Synthetic tuples in the shape of F2LLM's released data (query, passage, negative_1 ... negative_24), with texts of
 realistic length built from real English words (the docstrings of the Python standard library): queries of 6-20
@@ -17,7 +17,6 @@ Writes ``scale.csv``, ``scale.png`` (log-log) and ``scale_fit.json`` (fitted exp
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -34,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write_csv
+
 NEGATIVES = 24
 
 
@@ -42,7 +43,7 @@ class SyntheticF2LLM:
     words (start and length drawn once per text), so a passage is rebuilt on demand instead of being kept."""
 
     def __init__(self, seed: int = 0, tape_words: int = 4_000_000) -> None:
-        from .pycode import pycode_items
+        from ..data.pycode import pycode_items
 
         pattern = re.compile(r"[A-Za-z][a-z]{1,14}")
         words = sorted({w for item in pycode_items("train") for w in pattern.findall(item.docstring)})
@@ -60,7 +61,7 @@ class SyntheticF2LLM:
         return " ".join(self.vocab[self.tape[start:start + int(lengths[index])]])
 
     def tuples(self, count: int) -> Iterator:
-        from .schema import TrainingTuple
+        from ..data.schema import TrainingTuple
 
         queries = self._slices(count, 0, 6, 20)
         passages = self._slices(count, 1, 30, 90)
@@ -88,8 +89,8 @@ def _peak_rss_mb() -> float:
 
 
 def measure_write(count: int, out_dir: Path, max_length: int) -> dict:
+    from ..data.tokenized import write_training_files
     from ..embedder.backbones import smollm2_tokenizer
-    from .tokenized import write_training_files
 
     tokenizer = smollm2_tokenizer()
     source = SyntheticF2LLM()
@@ -133,7 +134,7 @@ def _worker(kind: str, count: int, folder: str, max_length: int) -> dict:
 
 
 def _run_isolated(kind: str, count: int, folder: Path, max_length: int) -> dict:
-    cmd = [sys.executable, "-m", "f2llm_lib.data.scale_benchmark", "--worker",
+    cmd = [sys.executable, "-m", "f2llm_lib.bench.scale", "--worker",
            json.dumps([kind, count, str(folder), max_length])]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -171,8 +172,9 @@ def _plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/scale"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--max-length", type=int, default=256)
@@ -195,12 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
             shutil.rmtree(folder, ignore_errors=True)
-            tmp = args.out / "scale.csv.tmp"
-            with tmp.open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-            tmp.replace(args.out / "scale.csv")
+            atomic_write_csv(args.out / "scale.csv", rows, list(rows[0]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _plot(rows, args.out / "scale.png")

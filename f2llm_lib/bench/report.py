@@ -1,7 +1,7 @@
 """The README's GPU performance section, generated from the committed benchmark CSVs (never typed by hand).
 
-    python -m f2llm_lib.tooling.benchmark_report                  # the section for the newest benchmarks/gpu/<run>/
-    python -m f2llm_lib.tooling.benchmark_report --update-readme  # and replace the README block between its markers
+    python -m f2llm_lib.bench.report                  # the section for the newest benchmarks/gpu/<run>/
+    python -m f2llm_lib.bench.report --update-readme  # and replace the README block between its markers
 
 A test checks that the README's block equals what this module makes of the committed files.
 """
@@ -101,7 +101,7 @@ def cpu_section() -> str:
     lines = []
     if TRAIN_CPU.exists():
         rows = _rows(TRAIN_CPU)
-        lines += [f"Trainer throughput (`python -m f2llm_lib.train.benchmark`, {rows[0]['device']}, "
+        lines += [f"Trainer throughput (`python -m f2llm_lib.bench.train`, {rows[0]['device']}, "
                   f"{rows[0]['precision']}, {rows[0]['batch']} queries x (2 + {rows[0]['negatives']}) texts, max "
                   f"length {rows[0]['max_length']}, {rows[0]['steps']} steps; `benchmarks/train-cpu-2core/`, "
                   "2-core machine):", "",
@@ -114,7 +114,7 @@ def cpu_section() -> str:
     if (SCALE_CPU / "scale.csv").exists():
         fits = json.loads((SCALE_CPU / "scale_fit.json").read_text()) if (SCALE_CPU / "scale_fit.json").exists() \
             else {}
-        lines += ["", "Tokenized data at scale (`python -m f2llm_lib.data.scale_benchmark`, synthetic F2LLM-shaped "
+        lines += ["", "Tokenized data at scale (`python -m f2llm_lib.bench.scale`, synthetic F2LLM-shaped "
                   f"tuples of 24 negatives; `benchmarks/scale-cpu-2core/`, fitted write-time exponent "
                   f"{fits.get('write_seconds_exponent', '-')}):", "",
                   "| queries | corpus tokens | write s | writer peak RSS MB | loader start s | loader RSS growth MB "
@@ -148,8 +148,9 @@ def readme_block(readme: Path = REPO_ROOT / "README.md", start: str = README_STA
     return text.split(start, 1)[1].split(end, 1)[0].strip()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--update-readme", action="store_true")
     args = parser.parse_args(argv)
     print(update_readme() if args.update_readme else gpu_section())

@@ -1,7 +1,7 @@
 """Benchmark of the contrastive-loss implementations: time, peak memory and (GPU) kernel launches -> CSV + plot.
 
-    python -m f2llm_lib.losses.benchmark --out runs/bench_loss             # CPU: reference, chunked, compiled
-    python -m f2llm_lib.losses.benchmark --device cuda --out runs/bench    # GPU: + triton, memeff, inf-cl
+    python -m f2llm_lib.bench.loss --out runs/bench_loss             # CPU: reference, chunked, compiled
+    python -m f2llm_lib.bench.loss --device cuda --out runs/bench    # GPU: + triton, memeff, inf-cl
 
 Regimes (see ../shared/F2LLM_FACTS.md, section 7):
 - ``f2llm``: 16 local queries, 512 gathered keys, 7 hard negatives per query, d in {1024, 2560}, all MRL levels;
@@ -25,7 +25,6 @@ the baseline for its large-batch path in the same run.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import resource
@@ -38,11 +37,12 @@ from pathlib import Path
 
 import torch
 
-from .api import auto_chunk_size, mrl_levels, mrl_weights
-from .baselines import NOTES
-from .chunked import chunked_loss
-from .kernel_settings import SWEEP_TILES, KernelSettings, TileShape
-from .reference import reference_loss
+from ..atomic import atomic_write_csv
+from ..losses.api import auto_chunk_size, mrl_levels, mrl_weights
+from ..losses.chunked import chunked_loss
+from ..losses.kernel_settings import SWEEP_TILES, KernelSettings, TileShape
+from ..losses.reference import reference_loss
+from .loss_baselines import NOTES
 
 TEMPERATURE = 0.05
 # The MRL regime: memeff's own headline shape (d = 384, 4 dims), dims multiples of 64 as its fused kernels need.
@@ -84,7 +84,7 @@ def _step_fn(impl: str, regime: str):
     if impl == "chunked":
         return lambda q, p, n, k, y, d, w: chunked_loss(q, p, n, k, y, d, w, TEMPERATURE, auto_chunk_size(len(q)))
     if impl in TRITON_VARIANTS or impl.startswith(LARGE_BATCH_SWEEP + "@"):
-        from .fused import fused_loss
+        from ..losses.fused import fused_loss
 
         settings = TRITON_VARIANTS.get(impl) or KernelSettings(
             strategy="large_batch", tiles=TileShape.parse(impl.removeprefix(LARGE_BATCH_SWEEP + "@")))
@@ -92,7 +92,7 @@ def _step_fn(impl: str, regime: str):
     if impl == "inf-cl":
         if regime != "large":
             raise ValueError("inf-cl has no hard negatives or MRL: large regime only")
-        from .baselines import inf_cl_loss
+        from .loss_baselines import inf_cl_loss
 
         baseline = inf_cl_loss(TEMPERATURE)
         return lambda q, p, n, k, y, d, w: baseline(q, k)
@@ -100,7 +100,7 @@ def _step_fn(impl: str, regime: str):
         if regime == "f2llm":
             raise ValueError("memeff's hard negatives share the in-batch denominator (not F2LLM's loss): "
                              "large and mrl regimes only")
-        from .baselines import memeff_loss
+        from .loss_baselines import memeff_loss
 
         cache: dict[tuple, object] = {}
 
@@ -276,7 +276,7 @@ def _impls(device: str, regime: str, batch: int) -> list[str]:
 
 def _run_case_isolated(impl, regime, batch, dim, device, dtype, reps) -> dict:
     """CPU peak RSS is per process, so each CPU case runs in a fresh interpreter."""
-    cmd = [sys.executable, "-m", "f2llm_lib.losses.benchmark", "--worker", json.dumps(
+    cmd = [sys.executable, "-m", "f2llm_lib.bench.loss", "--worker", json.dumps(
         [impl, regime, batch, dim, device, str(dtype).replace("torch.", ""), reps])]
     # Large blocks through mmap, so a free returns memory at once and peak RSS measures live memory, not what glibc
     # keeps mapped after frees (applied to every implementation alike).
@@ -352,16 +352,12 @@ def _write_csv(rows: list[dict], out: Path) -> None:
 
 def _write_rows(path: Path, fields: list[str], rows: list[dict]) -> None:
     """CSV through a temporary file and a rename: a reader never sees half a table."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    atomic_write_csv(path, rows, fields)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_loss"))

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..embedder.pooling import mean_pool as library_mean_pool
+from ...embedder.pooling import mean_pool as library_mean_pool
 from ._common import ExerciseFailed, expect_close
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..embedder.pooling import last_token_pool
+from ...embedder.pooling import last_token_pool
 from ._common import ExerciseFailed, expect_close
 
 

@@ -1,8 +1,8 @@
 """Compile every Triton kernel of the fused loss for a GPU, without a GPU, exactly as the op launches them.
 
-    python -m f2llm_lib.losses.kernel_check [--arch 90] [--out runs/kernel_check]
-    TRITON_INTERPRET=1 python -m f2llm_lib.losses.kernel_check --record > launches.json   # then, with another
-    PYTHONPATH=<other triton> python -m f2llm_lib.losses.kernel_check --launches launches.json   # Triton version
+    python -m f2llm_lib.bench.kernels [--arch 90] [--out runs/kernel_check]
+    TRITON_INTERPRET=1 python -m f2llm_lib.bench.kernels --record > launches.json   # then, with another
+    PYTHONPATH=<other triton> python -m f2llm_lib.bench.kernels --launches launches.json   # Triton version
 
 1. Record (a subprocess with ``TRITON_INTERPRET=1``): run the op through its public entry point on small CPU
    inputs, for each strategy, dtype and regime (d = 1024 and 2560, with and without in-batch and hard negatives),
@@ -34,6 +34,8 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from ..atomic import atomic_write_csv
 
 KERNELS = {"fused": ("_in_batch_stats_kernel", "_row_loss_kernel", "_query_grad_kernel", "_key_grad_kernel"),
            "fused_large_batch": ("_prefix_norms_kernel", "_logit_grad_tile_kernel", "_key_epilogue_kernel")}
@@ -78,9 +80,9 @@ def record() -> list[dict]:
     and options."""
     import torch
 
-    from . import fused, fused_large_batch
-    from .api import contrastive_loss
-    from .kernel_settings import SWEEP_TILES, KernelSettings
+    from ..losses import fused, fused_large_batch
+    from ..losses.api import contrastive_loss
+    from ..losses.kernel_settings import SWEEP_TILES, KernelSettings
 
     launches: list[dict] = []
     current = {"case": ""}
@@ -160,7 +162,7 @@ def _resources(cubin: bytes) -> dict:
 
 def _kernel(name: str):
     """The JIT function of one of the op's kernels, by name (``KERNELS``)."""
-    from . import fused, fused_large_batch
+    from ..losses import fused, fused_large_batch
 
     return getattr(fused if name in KERNELS["fused"] else fused_large_batch, name)
 
@@ -220,7 +222,7 @@ def compile_report(out: Path, arch: int = 90, half: str = "bf16") -> list[dict]:
     rows of its ``kernels.csv``; raises with the check's output if any variant failed. Notebook 02 and the tests
     call this."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-m", "f2llm_lib.losses.kernel_check", "--out", str(out), "--arch",
+    run = subprocess.run([sys.executable, "-m", "f2llm_lib.bench.kernels", "--out", str(out), "--arch",
                           str(arch), "--half", half], capture_output=True, text=True, env=env, check=False)
     if run.returncode != 0:
         raise RuntimeError(f"kernel_check failed:\n{run.stdout[-3000:]}{run.stderr[-3000:]}")
@@ -228,8 +230,9 @@ def compile_report(out: Path, arch: int = 90, half: str = "bf16") -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
     parser.add_argument("--out", type=Path, default=Path("runs/kernel_check"))
     parser.add_argument("--max-shared", type=int, default=227 * 1024, help="shared memory per block, bytes")
@@ -245,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         recorded = args.launches.read_text()
     else:
         env = {**os.environ, "TRITON_INTERPRET": "1"}
-        out = subprocess.run([sys.executable, "-m", "f2llm_lib.losses.kernel_check", "--record"],
+        out = subprocess.run([sys.executable, "-m", "f2llm_lib.bench.kernels", "--record"],
                              capture_output=True, text=True, env=env, check=False)
         if out.returncode != 0:
             print(out.stderr, file=sys.stderr)
@@ -256,12 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     fields = ["kernel", "cases", "dtype", "arch", "triton", "registers", "spill_bytes", "shared", "static_shared",
               "num_warps", "num_stages", "constexprs", "options", "error"]
     args.out.mkdir(parents=True, exist_ok=True)
-    tmp = args.out / "kernels.csv.tmp"
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(args.out / "kernels.csv")
+    atomic_write_csv(args.out / "kernels.csv", rows, fields)
     bad = [r for r in rows if "error" in r or r.get("shared", 0) > args.max_shared]
     for row in rows:
         status = row.get("error") or (f"{row['registers']} regs, {row['spill_bytes']} B spilled, "

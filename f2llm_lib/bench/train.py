@@ -1,7 +1,7 @@
 """Training throughput: our trainer vs a plain sentence-transformers MultipleNegativesRankingLoss fit.
 
-    python -m f2llm_lib.train.benchmark --out runs/bench_train                    # CPU: SmolLM2, 4 and 8 layers
-    python -m f2llm_lib.train.benchmark --device cuda --models smollm2-135m:0 --precision bf16 --batch 16 \\
+    python -m f2llm_lib.bench.train --out runs/bench_train                    # CPU: SmolLM2, 4 and 8 layers
+    python -m f2llm_lib.bench.train --device cuda --models smollm2-135m:0 --precision bf16 --batch 16 \\
         --negatives 7 --max-length 256 --zero2 --out runs/bench_train_gpu      # one GPU, + ZeRO-2 as released
 
 Same backbone, same pycode retrieval tuples (query, positive, k hard negatives), same batch size and max length,
@@ -17,7 +17,6 @@ config in ``ci/accelerate/``). ``--models`` takes ``spec:layers`` (0 = all layer
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import subprocess
@@ -30,13 +29,14 @@ from pathlib import Path
 import torch
 import yaml
 
+from ..atomic import atomic_write_csv, atomic_write_text
 from ..data.schema import TrainingTuple
 from ..data.tokenized import write_training_files
 from ..embedder.backbones import load_backbone, load_tokenizer
 from ..embedder.model import F2LLMEncoder
 from ..paths import REPO_ROOT
-from .config import TrainConfig
-from .trainer import train
+from ..train.config import TrainConfig
+from ..train.trainer import train
 
 ZERO2_CONFIGS = {"cuda": REPO_ROOT / "ci" / "accelerate" / "gpu_1_zero2.yaml",
                  "cpu": REPO_ROOT / "ci" / "accelerate" / "cpu_2proc_zero2.yaml"}
@@ -171,8 +171,9 @@ def _parse_models(specs: list[str]) -> list[tuple[str, int]]:
     return models
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_train"))
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     # Real layers only: tiny-qwen3 (2 layers of width 64) is all Python overhead, no measure of a trainer's speed.
@@ -223,13 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     fields = list(dict.fromkeys(key for row in rows for key in row))  # every column once, in order
-    tmp_csv = args.out / "train_benchmark.csv.tmp"
-    with tmp_csv.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp_csv.replace(args.out / "train_benchmark.csv")
-    (args.out / "train_benchmark.json").write_text(json.dumps(rows, indent=2))
+    atomic_write_csv(args.out / "train_benchmark.csv", rows, fields)
+    atomic_write_text(args.out / "train_benchmark.json", json.dumps(rows, indent=2))
     print(f"wrote {args.out / 'train_benchmark.csv'}")
     return 0
 

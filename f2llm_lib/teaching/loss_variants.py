@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import torch
 
-from .api import contrastive_loss
-from .kernel_settings import KernelSettings
-from .tolerances import TOLERANCES
+from ..losses.api import contrastive_loss
+from ..losses.kernel_settings import KernelSettings
+from ..losses.tolerances import TOLERANCES
 
 # Implementations the notebook and the tests compare, by name: each is the keyword arguments of contrastive_loss.
 # "triton-large-batch": the fused op with its large-batch path forced on and its scratch cut to one tile, so that

@@ -1,7 +1,7 @@
 """The main job's report: ``runs/<timestamp>/report.md`` (+ JSON and plots), and the README's copy of its table.
 
-    python -m f2llm_lib.tooling.run_report runs/<timestamp>-cpu     # (re)write that run's report
-    python -m f2llm_lib.tooling.run_report --update-readme           # put the latest cpu run's table in README.md
+    python -m f2llm_lib.bench.run_report runs/<timestamp>-cpu     # (re)write that run's report
+    python -m f2llm_lib.bench.run_report --update-readme           # put the latest cpu run's table in README.md
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..atomic import atomic_write_text
 from ..evaluation.report import results_table, to_markdown
 from ..paths import REPO_ROOT
 
@@ -90,9 +91,7 @@ def write_run_report(run_dir: str | Path) -> Path:
             shutil.copy(run_dir / notebook / plot, run_dir / plot)
             lines += [f"![{plot}]({plot})", ""]
     for name, text in (("report.md", "\n".join(lines)), ("report.json", json.dumps(report, indent=2))):
-        tmp = run_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(run_dir / name)
+        atomic_write_text(run_dir / name, text)
     return run_dir / "report.md"
 
 
@@ -129,8 +128,9 @@ def update_readme(run_dir: Path | None = None, readme: Path = REPO_ROOT / "READM
     return block
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", nargs="?", type=Path)
     parser.add_argument("--update-readme", action="store_true")
     args = parser.parse_args(argv)

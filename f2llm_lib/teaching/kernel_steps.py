@@ -303,8 +303,8 @@ def check_step(step: int, batch: int, keys: int, dim: int, temperature: float = 
     Returns the max abs error of each quantity the step computes and ``within_tolerance`` (step 0 runs in
     float64: 1e-10 relative; steps 1-3 in fp32: ``tolerances.TOLERANCES[torch.float32]``).
     """
-    from .api import mrl_levels, mrl_weights
-    from .tolerances import TOLERANCES
+    from ..losses.api import mrl_levels, mrl_weights
+    from ..losses.tolerances import TOLERANCES
 
     gen = torch.Generator().manual_seed(seed)
     raw_q = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
