@@ -78,12 +78,11 @@ def test_data_of_another_tokenizer_is_refused_naming_both(smollm2_data, tmp_path
     assert not (tmp_path / "x" / "checkpoints").exists()
 
 
-def test_the_encoder_refuses_data_of_another_tokenizer(smollm2_data, tiny):
-    from f2llm_lib.embedder.model import F2LLMEncoder
+def test_the_data_refuses_a_model_of_another_tokenizer(smollm2_data, tiny):
 
-    F2LLMEncoder(*tiny).check_data(smollm2_data)  # tiny-qwen3 uses SmolLM2's tokenizer: accepted
+    TokenizedData(smollm2_data).check_tokenizer(tiny[1], "tiny-qwen3")  # tiny-qwen3 uses SmolLM2's tokenizer: accepted
     with pytest.raises(TokenizerMismatchError, match="vocabulary 4096"):
-        F2LLMEncoder(*load_backbone("tiny-qwen3-bpe")).check_data(smollm2_data)
+        TokenizedData(smollm2_data).check_tokenizer(load_tokenizer("tiny-qwen3-bpe"), "tiny-qwen3-bpe")
 
 
 def test_training_max_length_truncates_and_forces_eos(smollm2_data):

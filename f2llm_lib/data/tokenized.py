@@ -33,7 +33,7 @@ import numpy as np
 
 from ..atomic import atomic_folder
 from ..embedder.prompts import format_query
-from ..embedder.tokenization import tokenize_with_eos, tokenizer_identity
+from ..embedder.tokenization import check_same_tokenizer, tokenize_with_eos, tokenizer_identity
 from .schema import TrainingTuple, validate_tuple
 
 FORMAT_VERSION = 2
@@ -342,3 +342,7 @@ class TokenizedData:
     @property
     def tokenizer(self) -> dict:
         return self.manifest["tokenizer"]
+
+    def check_tokenizer(self, tokenizer, model_name: str) -> None:
+        """Refuse a model whose tokenizer is not the one this data was tokenized with (raises, naming both)."""
+        check_same_tokenizer(self.tokenizer, tokenizer, f"the data in {self.data_dir}", model_name)

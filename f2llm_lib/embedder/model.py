@@ -53,14 +53,6 @@ class F2LLMEncoder(torch.nn.Module):
             pooled = mean_pool(hidden, attention_mask)
         return normalize(pooled.float())
 
-    def check_data(self, data_dir) -> None:
-        """Refuse tokenized data made with another tokenizer than this encoder's (raises, naming both)."""
-        from ..data.tokenized import TokenizedData
-        from .tokenization import check_same_tokenizer
-
-        check_same_tokenizer(TokenizedData(data_dir).tokenizer, self.tokenizer, f"the data in {data_dir}",
-                             str(getattr(self.backbone.config, "_name_or_path", "") or "this encoder"))
-
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         return tokenize_with_eos(self.tokenizer, texts, self.max_length)
 
