@@ -16,10 +16,17 @@ def cache_dir() -> Path:
     return path
 
 
-def shared_data_dir() -> Path | None:
-    """The real public test data beside the project (``../shared/data``), or None when absent."""
-    path = Path(os.environ.get("F2LLM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-    return path if path.is_dir() else None
+PUBLIC_DATA_ENV = "F2LLM_PUBLIC_DATA"
+
+
+def public_data_dir() -> Path | None:
+    """A local copy of the real public datasets the local recipes and some tests use, named by the
+    ``F2LLM_PUBLIC_DATA`` setting (``banking77/train.jsonl``, ``stsbenchmark/train.jsonl`` and ``dev.jsonl``: the
+    train and dev splits of two MTEB tasks, as released); None when the setting is empty or the folder is absent,
+    and the local recipes then read the same datasets from the hub. CI sets it to the folder it provides."""
+    raw = os.environ.get(PUBLIC_DATA_ENV, "").strip()
+    path = Path(raw).expanduser() if raw else None
+    return path if path is not None and path.is_dir() else None
 
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"

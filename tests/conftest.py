@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from f2llm_lib.paths import shared_data_dir  # noqa: E402
+from f2llm_lib.paths import public_data_dir  # noqa: E402
 
 # Longest files first: pytest-xdist (--dist loadfile) hands each file whole to one worker in collection order, and
 # the smoke notebooks (~4 min) or the ZeRO-2 launches (~2 min) started last would run alone at the end.
@@ -53,7 +53,8 @@ def smollm2():
 
 @pytest.fixture(scope="session")
 def shared_data():
-    path = shared_data_dir()
+    path = public_data_dir()
     if path is None:
-        pytest.skip("../shared/data is absent (CI always has it); these tests need its real public data")
+        pytest.skip("F2LLM_PUBLIC_DATA is not set to a folder of the public datasets (CI sets it; tests run offline, "
+                    "so the hub fallback is not tried); these tests need that real data")
     return path

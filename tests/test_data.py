@@ -252,3 +252,35 @@ def test_a_mix_curates_into_one_folder_with_one_corpus(shared_data, tmp_path, ca
 def test_a_mix_refuses_two_datasets_of_one_name(tmp_path):
     with pytest.raises(DataError, match="also come from an earlier recipe"):
         run_recipe(["pycode", "pycode"], tmp_path / "twice", backbone="tiny-qwen3", show_progress=False)
+
+
+def test_without_the_public_data_setting_a_local_recipe_reads_the_same_split_from_the_hub(monkeypatch, capsys):
+    """The hub's columns are renamed to the recipe's own (offline here: the hub reader is replaced by rows in the
+    hub's schema, which is what the fallback must map)."""
+    from f2llm_lib.data import recipes
+
+    monkeypatch.delenv("F2LLM_PUBLIC_DATA", raising=False)
+    asked = {}
+
+    def hub_rows(hub_id, config, split, data_files=None):
+        asked.update(hub_id=hub_id, split=split)
+        yield f"{hub_id}[{split}]:row 0", {"sentence1": "a cat sits", "sentence2": "a cat is sitting", "score": 4.6}
+
+    monkeypatch.setattr(recipes, "read_hub", hub_rows)
+    records = recipes.read_records(recipes.load_recipe("stsbenchmark_local"))
+    assert asked == {"hub_id": "mteb/stsbenchmark-sts", "split": "train"}
+    assert records == [("mteb/stsbenchmark-sts[train]:row 0", {"s1": "a cat sits", "s2": "a cat is sitting",
+                                                                "score": 4.6})]
+    assert "F2LLM_PUBLIC_DATA is not set; reading mteb/stsbenchmark-sts (train split) from the hub" in \
+        capsys.readouterr().out
+
+
+def test_a_public_data_path_without_the_setting_or_a_fallback_names_the_setting(monkeypatch, tmp_path):
+    from f2llm_lib.data.recipes import load_recipe, read_records
+
+    monkeypatch.delenv("F2LLM_PUBLIC_DATA", raising=False)
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("name: mine\ntask_type: clustering\nsource: {kind: local, path: '${PUBLIC_DATA}/x.jsonl'}\n"
+                      "fields: {text: text, label: label}\nbuild: {kind: same_cluster}\n")
+    with pytest.raises(DataError, match="F2LLM_PUBLIC_DATA"):
+        read_records(load_recipe(recipe))

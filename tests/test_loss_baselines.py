@@ -15,8 +15,9 @@ import pytest
 import torch
 from helpers import TOLERANCES, assert_verbose_allclose
 
+from f2llm_lib.bench import loss as benchmark
 from f2llm_lib.bench.loss_baselines import MEMEFF_MARGIN_OFF, memeff_loss
-from f2llm_lib.losses import benchmark, mrl_weights
+from f2llm_lib.losses import mrl_weights
 from f2llm_lib.losses.reference import reference_loss
 
 MEMEFF_MODULES = ("memeff._common", "memeff.clip_qwen3_loss", "memeff.mrl_qwen3_loss")

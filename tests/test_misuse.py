@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -333,7 +334,10 @@ def test_a_model_folder_without_tokenizer_files_is_named(tmp_path):
 
 def test_a_killed_and_resumed_run_logs_each_step_once(tmp_path, data_dir):
     config = _config(tmp_path, data_dir, max_steps=4, save_every=2)
-    killed = _cli(tmp_path, config, env={"F2LLM_KILL_AFTER_STEP": "3"})
+    path = tmp_path / "killed.yaml"
+    path.write_text(yaml.safe_dump(config))
+    killed = subprocess.run([sys.executable, str(Path(__file__).with_name("train_then_sigkill.py")), "--config",
+                             str(path), "--step", "3"], capture_output=True, text=True, timeout=600)
     assert killed.returncode == -9
     resumed = _cli(tmp_path, config, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]

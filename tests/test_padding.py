@@ -56,7 +56,7 @@ def test_sorted_groups_give_the_same_loss_and_gradients_as_one_pad_length(pycode
         loader = MultitaskLoader(pycode_data, 8, 3, tokenizer.pad_token_id, padding=padding)
         batch = loader.next_batch()
         encoder.zero_grad()
-        loss, _ = batch_loss(encoder, batch, config, "cpu")
+        loss, _ = batch_loss(encoder, batch, config)
         loss.backward()
         results[padding] = (float(loss.detach()), [p.grad.clone() for p in encoder.parameters()], batch)
     (sorted_loss, sorted_grads, sorted_batch), (single_loss, single_grads, single_batch) = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,8 +83,8 @@ def _initial(tmp_path):
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, data_dir):
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     config = _config(tmp_path, data_dir, output_dir=str(killed), max_steps=4)
-    out = _run([sys.executable, "-m", "f2llm_lib.train", "--config", config, "--no-export"],
-               env={"F2LLM_KILL_AFTER_STEP": "2"})
+    out = _run([sys.executable, str(Path(__file__).with_name("train_then_sigkill.py")), "--config", config,
+                "--step", "2"])
     assert out.returncode == -9, "the first run must die by SIGKILL"
     assert not (killed / "checkpoints" / "step_3").exists()
     out = _run([sys.executable, "-m", "f2llm_lib.train", "--config", config, "--no-export", "--resume"])

@@ -3,7 +3,7 @@
     python -m f2llm_lib.bench.loss --out runs/bench_loss             # CPU: reference, chunked, compiled
     python -m f2llm_lib.bench.loss --device cuda --out runs/bench    # GPU: + triton, memeff, inf-cl
 
-Regimes (see ../shared/F2LLM_FACTS.md, section 7):
+Regimes (see docs/F2LLM_REFERENCE.md, Where a fused loss pays):
 - ``f2llm``: 16 local queries, 512 gathered keys, 7 hard negatives per query, d in {1024, 2560}, all MRL levels;
 - ``large``: B queries against B keys (in-batch only, one level), d = 1024, B in {8192, 16384} (GPU: 8192 to
   65536), against memeff's Qwen3 loss and Inf-CL on the GPU;

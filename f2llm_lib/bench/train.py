@@ -5,9 +5,10 @@
         --negatives 7 --max-length 256 --zero2 --out runs/bench_train_gpu      # one GPU, + ZeRO-2 as released
 
 Same backbone, same pycode retrieval tuples (query, positive, k hard negatives), same batch size and max length,
-one process; ours with its length-sorted padding and with one pad length for the whole batch (F2LLM's released
-collate). Reported per run: real (non-padding) tokens per second and the median step time over the timed steps
-(the first step is warm-up), the padding fraction of what the model actually ran, and (CUDA) peak memory
+one process (each side records the longest text it ran and its texts per step; the benchmark refuses to write a
+comparison where they differ); ours with its length-sorted padding and with one pad length for the whole batch
+(F2LLM's released collate). Reported per run: real (non-padding) tokens per second and the median step time over
+the timed steps (the first step is warm-up), the padding fraction of what the model actually ran, and (CUDA) peak memory
 allocated. ``--zero2`` adds our trainer under ``accelerate launch`` with DeepSpeed ZeRO-2 (one process; the
 config in ``ci/accelerate/``). ``--models`` takes ``spec:layers`` (0 = all layers); a spec is anything
 ``load_backbone`` takes, and data are tokenized with that backbone's own tokenizer. ``--save-tuples`` /
@@ -54,7 +55,9 @@ def _summary(history: list[dict]) -> dict:
     timed = history[1:]  # the first step compiles kernels and fills caches
     out = {"tokens_per_second": statistics.mean(h["tokens_per_second"] for h in timed),
            "padding_fraction": statistics.mean(h["padding_fraction"] for h in timed),
-           "step_ms": 1000 * statistics.median(h["step_seconds"] for h in timed)}
+           "step_ms": 1000 * statistics.median(h["step_seconds"] for h in timed),
+           "longest_text": max(h["longest_text"] for h in history),
+           "texts_per_step": max(h["texts"] for h in history)}
     if "peak_memory_mb" in history[-1]:
         out["peak_memory_mb"] = max(h["peak_memory_mb"] for h in history)
     return out
@@ -103,16 +106,21 @@ def _sentence_transformers(model: str, layers: int, tuples: list[TrainingTuple],
                                           work / f"st-{layers}")
     del backbone
     st_model = SentenceTransformer(str(folder), device=args.device)
+    # The export carries the model's full length (8,192 for SmolLM2), as a user's model should; the comparison needs
+    # sentence-transformers to cut texts where ours does (max_length tokens, EOS included).
+    st_model.max_seq_length = args.max_length
     rows = {"anchor": [t.query for t in tuples], "positive": [t.positive for t in tuples]}
     for index in range(args.negatives):
         rows[f"negative_{index + 1}"] = [t.negatives[index] for t in tuples]
-    counts = {"real": 0, "padded": 0}
+    counts = {"real": 0, "padded": 0, "longest": 0, "texts": 0}
 
     def count_tokens(module, call_args, kwargs):
         features = call_args[0] if call_args else kwargs.get("features", kwargs)
         mask = features["attention_mask"]
         counts["real"] += int(mask.sum())
         counts["padded"] += mask.numel()
+        counts["longest"] = max(counts["longest"], int(mask.sum(1).max()))
+        counts["texts"] += mask.shape[0]
 
     st_model[0].register_forward_pre_hook(count_tokens, with_kwargs=True)
     times: list[float] = []
@@ -141,10 +149,23 @@ def _sentence_transformers(model: str, layers: int, tuples: list[TrainingTuple],
     trainer.train()
     rates = [n / t for n, t in zip(tokens[1:], times[1:], strict=True)]
     out = {"tokens_per_second": statistics.mean(rates), "padding_fraction": 1 - counts["real"] / counts["padded"],
-           "step_ms": 1000 * statistics.median(times[1:])}
+           "step_ms": 1000 * statistics.median(times[1:]), "longest_text": counts["longest"],
+           "texts_per_step": counts["texts"] // args.steps}
     if args.device == "cuda":
         out["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
+
+
+def assert_like_for_like(runs: list[tuple[str, dict]], args: argparse.Namespace) -> None:
+    """Refuse to report a comparison whose sides ran different inputs: every trainer must have cut its texts at the
+    same length (the longest text it ran, EOS included, is at most ``--max-length`` and equal across trainers: the
+    tuples hold longer texts, so each side reaches the cap) and run as many texts per step (batch x (2 + negatives))."""
+    seen = {name: (values["longest_text"], values["texts_per_step"]) for name, values in runs}
+    expected_texts = args.batch * (2 + args.negatives)
+    wrong = {name: v for name, v in seen.items() if v[0] > args.max_length or v[1] != expected_texts}
+    if wrong or len(set(seen.values())) != 1:
+        raise RuntimeError(f"not like for like: (longest text, texts per step) per trainer {seen}; expected at most "
+                           f"{args.max_length} tokens and {expected_texts} texts per step on every side")
 
 
 def curate_tuples(count: int) -> list[TrainingTuple]:
@@ -212,6 +233,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             if args.zero2:
                 runs.append(("f2llm_lib trainer, DeepSpeed ZeRO-2", _ours_zero2(model, layers, data_dir, work, args)))
             runs.append(("sentence-transformers MNRL", _sentence_transformers(model, layers, tuples, work, args)))
+            assert_like_for_like(runs, args)
             baseline = runs[-1][1]["tokens_per_second"]
             for name, values in runs:
                 row = {"model": Path(model).name if Path(model).exists() else model, "layers": layers or "all",

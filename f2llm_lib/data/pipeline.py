@@ -55,14 +55,24 @@ def eval_texts(names: list[str], recipe: Recipe | None = None) -> list[str]:
             for item in pycode_items("eval"):
                 texts += [item.summary, item.docstring, item.code]
         elif name == "stsbenchmark_dev":
-            from .readers import read_local
-
-            path = resolve_path("${SHARED_DATA}/stsbenchmark/dev.jsonl", recipe) if recipe else None
-            texts += [r[k] for _, r in read_local(path) for k in ("s1", "s2")]
+            texts += stsbenchmark_dev_texts(recipe)
         else:
             raise DataError(f"unknown evaluation set {name!r} in decontaminate_against; "
                             "known: pycode_eval, stsbenchmark_dev")
     return texts
+
+
+def stsbenchmark_dev_texts(recipe: Recipe | None) -> list[str]:
+    """STS Benchmark's dev sentences: from the ``F2LLM_PUBLIC_DATA`` folder, else from the hub (the same split)."""
+    from ..paths import public_data_dir
+    from .readers import read_hub, read_local
+
+    if public_data_dir() is not None:
+        records = read_local(resolve_path("${PUBLIC_DATA}/stsbenchmark/dev.jsonl", recipe))
+        return [r[k] for _, r in records for k in ("s1", "s2")]
+    print("[curate] F2LLM_PUBLIC_DATA is not set; reading STS Benchmark's dev split from the hub "
+          "(mteb/stsbenchmark-sts, validation)", flush=True)
+    return [r[k] for _, r in read_hub("mteb/stsbenchmark-sts", None, "validation") for k in ("sentence1", "sentence2")]
 
 
 def make_scorer(spec: str, num_layers: int | None = None, instruction: str | None = None):

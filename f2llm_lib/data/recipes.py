@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ..paths import REPO_ROOT, shared_data_dir
+from ..paths import PUBLIC_DATA_ENV, REPO_ROOT, public_data_dir
 from .readers import read_hub, read_local
 from .schema import TASK_TYPES, DataError, TrainingTuple, check_text
 
@@ -32,7 +32,9 @@ BUILDS = {  # build kind -> (task types it makes, source fields it needs)
 }
 TOP_KEYS = {"name", "description", "task_type", "tasks", "instruction", "instructions", "source", "fields", "build",
             "mining", "max_samples", "seed", "decontaminate_against"}
-SOURCE_KEYS = {"kind", "path", "format", "hub_id", "config", "split", "packages", "data_files"}
+SOURCE_KEYS = {"kind", "path", "format", "hub_id", "config", "split", "packages", "data_files", "hub_fallback"}
+HUB_FALLBACK_KEYS = {"hub_id", "config", "split", "fields"}
+PUBLIC_DATA = "${PUBLIC_DATA}"
 BUILD_KEYS = {"kind", "score_min", "label_names", "num_negatives"}
 MINING_KEYS = {"scorer", "range_min", "range_max", "max_score", "relative_margin", "num_negatives", "on_shortfall"}
 MINING_TYPES = {"scorer": str, "range_min": int, "range_max": int, "max_score": (int, float),
@@ -178,19 +180,25 @@ def load_recipe(path: str | Path) -> Recipe:
                   description=_typed(data, "description", str, where) or "")
 
 
-def resolve_path(raw: str, recipe: Recipe) -> Path:
-    """``${SHARED_DATA}`` expands to ../shared/data; relative paths are relative to the repository root."""
-    if "${SHARED_DATA}" in raw:
-        shared = shared_data_dir()
-        if shared is None:
-            raise DataError(f"{recipe.path}: needs ../shared/data (or F2LLM_SHARED_DATA), which is absent")
-        raw = raw.replace("${SHARED_DATA}", str(shared))
+def resolve_path(raw: str, recipe: Recipe | None) -> Path:
+    """``${PUBLIC_DATA}`` expands to the ``F2LLM_PUBLIC_DATA`` folder; relative paths are relative to the
+    repository root."""
+    if PUBLIC_DATA in raw:
+        folder = public_data_dir()
+        if folder is None:
+            where = f"{recipe.path}: " if recipe is not None else ""
+            raise DataError(f"{where}{raw} needs {PUBLIC_DATA_ENV} set to a folder of the public datasets (or a "
+                            "recipe with a hub_fallback and network access)")
+        raw = raw.replace(PUBLIC_DATA, str(folder))
     path = Path(os.path.expanduser(raw))
     return path if path.is_absolute() else REPO_ROOT / path
 
 
 def read_records(recipe: Recipe) -> list[tuple[str, dict]]:
     source = recipe.source
+    if source["kind"] == "local" and PUBLIC_DATA in source.get("path", "") and public_data_dir() is None \
+            and source.get("hub_fallback"):
+        return read_hub_fallback(recipe)
     if source["kind"] == "local":
         if "path" not in source:
             raise DataError(f"{recipe.path}: a local source needs source.path")
@@ -203,6 +211,25 @@ def read_records(recipe: Recipe) -> list[tuple[str, dict]]:
         raise DataError(f"{recipe.path}: a hub source needs source.hub_id")
     return list(read_hub(source["hub_id"], source.get("config"), source.get("split", "train"),
                          source.get("data_files")))
+
+
+def read_hub_fallback(recipe: Recipe) -> list[tuple[str, dict]]:
+    """The same public dataset from the hub when no local copy is configured: its records with the hub's columns
+    renamed to the ones the recipe's ``fields`` name (``hub_fallback.fields`` maps each role to a hub column)."""
+    fallback = recipe.source["hub_fallback"]
+    where = f"{recipe.path}: source.hub_fallback"
+    if not isinstance(fallback, dict):
+        raise DataError(f"{where} must be a mapping with hub_id, split and fields")
+    _unknown(fallback, HUB_FALLBACK_KEYS, where)
+    hub_fields = _typed(fallback, "fields", dict, where, required=True)
+    missing = sorted(set(recipe.fields) - set(hub_fields))
+    if missing:
+        raise DataError(f"{where}: fields must map the recipe's roles {missing} to hub columns too")
+    hub_id, split = _typed(fallback, "hub_id", str, where, required=True), fallback.get("split", "train")
+    print(f"[recipe] {recipe.name}: {PUBLIC_DATA_ENV} is not set; reading {hub_id} ({split} split) from the hub",
+          flush=True)
+    return [(row_where, {recipe.fields[role]: record[hub_fields[role]] for role in recipe.fields})
+            for row_where, record in read_hub(hub_id, fallback.get("config"), split)]
 
 
 def _column(record: dict, column: str, where: str) -> Any:
@@ -290,7 +317,7 @@ def build_examples(recipe: Recipe, records: list[tuple[str, dict]]) -> tuple[lis
                     "query_groups": [group_of[t.query] for t in tuples]}
 
 
-# F2LLM's classification and clustering sources (../shared/F2LLM_FACTS.md, section 2); every other file of the
+# F2LLM's classification and clustering sources (docs/F2LLM_REFERENCE.md, Data); every other file of the
 # released mix is a retrieval source.
 CLASSIFICATION_SOURCES = ("amazon_counterfactual", "amazon_polarity", "imdb", "toxic", "cola")
 CLUSTERING_SOURCES = ("banking77", "emotion", "mtop", "massive", "tweet", "arxiv", "biorxiv", "medrxiv", "reddit",

@@ -11,7 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .pooling import last_token_pool, mean_pool, normalize
 from .prompts import format_query
-from .tokenization import pad_batch, tokenize_with_eos
+from .tokenization import PaddedGroup, pad_batch, tokenize_with_eos
 
 
 class F2LLMEncoder(torch.nn.Module):
@@ -36,10 +36,10 @@ class F2LLMEncoder(torch.nn.Module):
         return int(self.backbone.config.hidden_size)
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                lengths: torch.Tensor | None = None, chunks: Sequence | None = None) -> torch.Tensor:
+                lengths: torch.Tensor | None = None, chunks: Sequence[PaddedGroup] | None = None) -> torch.Tensor:
         """Embeddings of a right-padded batch, ``[batch, dim]``, L2-normalised, in float32. Or of ``chunks``
-        (``train.loader.Chunk``: groups of texts padded to their own length, with their positions in the batch):
-        run one after another inside this one call (one DDP forward, one backward), returned in batch order."""
+        (groups of texts padded to their own length, with their positions in the batch): run one after another
+        inside this one call (one DDP forward, one backward), returned in batch order."""
         if chunks is not None:
             device = self.device
             embeddings = torch.cat([self(c.input_ids.to(device), c.attention_mask.to(device), c.lengths.to(device))

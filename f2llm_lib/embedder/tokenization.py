@@ -10,9 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+
+@dataclass
+class PaddedGroup:
+    """Texts padded together: ``[rows, T]`` ids, a mask built from lengths, the lengths, and where each row goes in
+    the batch. A batch runs as several groups of similar length (less padding); the encoder puts them back in order."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    lengths: torch.Tensor
+    positions: torch.Tensor
 
 
 def tokenize_with_eos(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> list[list[int]]:

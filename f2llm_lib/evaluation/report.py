@@ -10,7 +10,7 @@ import pandas as pd
 from ..atomic import atomic_write_text
 
 # Published MTEB(eng, v2) category averages (F2LLM report, Qwen3-Embedding card), as summarised in
-# ../shared/F2LLM_FACTS.md; shown only when the evaluated tasks include that category's MTEB tasks.
+# docs/F2LLM_REFERENCE.md; shown only when the evaluated tasks include that category's MTEB tasks.
 PUBLISHED = {
     "F2LLM-4B": {"Classification": 91.68, "Clustering": 68.54, "PairClassification": 83.75, "Reranking": 50.05,
                  "Retrieval": 59.63, "STS": 84.20, "Summarization": 33.19, "Average": 73.67},

@@ -67,6 +67,7 @@ def contrastive_loss(
     mrl_dims: Sequence[int] | str | None = None,
     stop_grad_gather: bool = False,
     impl: str = "auto",
+    gather: bool = True,
     chunk_size: int | None = None,
     kernel: KernelSettings | None = None,
 ) -> torch.Tensor:
@@ -83,6 +84,8 @@ def contrastive_loss(
         mrl_dims: None (full dim only), ``"f2llm_v2"`` (8, 16, ..., d) or increasing prefix dims.
         stop_grad_gather: reproduce the released code's non-differentiable gather (see ``distributed``).
         impl: ``"auto"`` (triton on CUDA, chunked on CPU), ``"reference"``, ``"chunked"``, ``"triton"``.
+        gather: in a multi-process run, gather the keys of every process (training). False keeps this process's
+            keys only: validation, where every process holds the same rows.
         chunk_size: keys per chunk for ``chunked`` (None: as many as keep one B x chunk tile at 2M floats).
         kernel: settings of the ``triton`` op (strategy, tile shape, scratch size; see ``KernelSettings``).
             They change speed and memory, never the result; given with another impl they are an error.
@@ -104,12 +107,13 @@ def contrastive_loss(
 
     keys = labels = None
     if in_batch:
-        rank, size = world()
+        rank, size = world() if gather else (0, 1)
         # The released code's gather is the identity in one process, so stop-grad only bites when size > 1.
-        gathered_pos = gather_keys(positives, stop_grad=stop_grad_gather)
+        gathered_pos = gather_keys(positives, stop_grad=stop_grad_gather) if gather else positives
         keys = gathered_pos
         if shared_negatives is not None:
-            keys = torch.cat([gathered_pos, gather_keys(shared_negatives, stop_grad=stop_grad_gather)])
+            keys = torch.cat([gathered_pos, gather_keys(shared_negatives, stop_grad=stop_grad_gather)
+                              if gather else shared_negatives])
         labels = torch.arange(queries.shape[0], device=queries.device) + rank * queries.shape[0]
         if size > 1 and gathered_pos.shape[0] != size * queries.shape[0]:
             raise ValueError("every rank must hold the same number of queries")

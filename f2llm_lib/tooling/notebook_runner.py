@@ -200,7 +200,7 @@ def run_profile(profile: str, notebooks: list[Path] | None = None, run_dir: Path
         print(f"[run_notebooks] {nb.name} done in {timings[nb.name]} s -> {executed}", flush=True)
         (run_dir / "timings.json").write_text(json.dumps({"profile": profile, "seconds": timings}, indent=2))
     if (run_dir / "04_mteb_evaluation" / "results.json").exists():
-        from .run_report import write_run_report
+        from ..bench.run_report import write_run_report
 
         write_run_report(run_dir)
     return run_dir

@@ -4,7 +4,7 @@
   (seed, epoch, dataset), cut into global batches of ``per_device_batch x world_size``, and the order of
   (dataset, batch) is drawn from another (seed, epoch) RNG. Rank r takes the r-th slice of each global batch, so
   N processes with B queries each see exactly the batches of one process with N x B queries.
-- ``sampling`` (see ../shared/F2LLM_FACTS.md, sections 4 and 5):
+- ``sampling`` (see docs/F2LLM_REFERENCE.md, Sampling):
   ``per_query`` (default): a dataset's draw probability is proportional to its remaining batches; each query draws
   its own negatives from its stored ones, seeded by (seed, epoch, dataset, row);
   ``released``: as the released F2LLM code: the probabilities are fixed at the epoch's start (proportional to the
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..data.tokenized import TokenizedData, TokenizedDataError
+from ..embedder.tokenization import PaddedGroup
 
 SAMPLING = ("per_query", "released")
 
@@ -38,14 +39,7 @@ SAMPLING = ("per_query", "released")
 PADDING = ("sorted", "single")
 
 
-@dataclass
-class Chunk:
-    """Texts padded together: [rows, T] ids, mask from lengths, and where its rows go in the batch."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    lengths: torch.Tensor
-    positions: torch.Tensor
+Chunk = PaddedGroup  # the loader's name for a group of texts padded together
 
 
 @dataclass
@@ -64,6 +58,20 @@ class Batch:
     pad_id: int = 0
     query_rows: np.ndarray | None = None  # where its texts come from (the teacher's vectors are looked up by these)
     doc_ids: np.ndarray | None = None  # positives, then negatives, in batch order
+
+    @property
+    def in_batch(self) -> bool:
+        """F2LLM adds the in-batch term for retrieval datasets only."""
+        return self.task_type == "retrieval"
+
+    def split(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """This batch's embeddings, in its layout, as (queries ``[B, d]``, positives ``[B, d]``, negatives
+        ``[B, k, d]`` or None without negatives)."""
+        size, k = self.batch_size, self.num_negatives
+        if embeddings.shape[0] != size * (2 + k):
+            raise ValueError(f"{embeddings.shape[0]} embeddings for a batch of {size} queries x (2 + {k}) texts")
+        negatives = embeddings[2 * size:].view(size, k, -1) if k else None
+        return embeddings[:size], embeddings[size:2 * size], negatives
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -174,6 +182,15 @@ class MultitaskLoader:
         self._check_negatives()
         self.epoch, self.step_in_epoch = 0, 0
         self._plan_epoch = -1
+
+    @classmethod
+    def from_config(cls, config, tokenizer, rank: int = 0, world_size: int = 1) -> MultitaskLoader:
+        """The loader a ``TrainConfig`` describes, for one process of ``world_size``, padding with ``tokenizer``'s
+        pad id and ending texts with its EOS."""
+        return cls(config.data_dir, config.per_device_batch, config.num_negatives, tokenizer.pad_token_id, rank,
+                   world_size, config.seed, config.val_fraction, max_length=config.max_length or None,
+                   sampling=config.sampling, clustering_negatives=config.clustering_negatives,
+                   eos_id=tokenizer.eos_token_id, padding=config.padding, max_padding=config.max_padding)
 
     def _check_negatives(self) -> None:
         """Every query must store at least as many negatives as its task type asks for: checked now, not mid-run."""

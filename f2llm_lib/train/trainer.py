@@ -16,8 +16,8 @@ import json
 import math
 import os
 import pickle
-import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,9 +28,7 @@ from tqdm.auto import tqdm
 from ..data.tokenized import TokenizedDataError
 from ..embedder.backbones import load_backbone, load_tokenizer
 from ..embedder.model import F2LLMEncoder
-from ..embedder.tokenization import check_same_tokenizer
-from ..losses import contrastive_loss, mrl_levels, mrl_weights
-from ..losses.chunked import chunked_loss
+from ..losses import contrastive_loss
 from .checkpoints import (
     COMPLETE,
     LOADER_STATE,
@@ -58,20 +56,27 @@ def cosine_with_floor(config: TrainConfig):
     return factor
 
 
-def batch_loss(encoder, batch: Batch, config: TrainConfig, device,
+def batch_loss(encoder, batch: Batch, config: TrainConfig,
                teacher: TeacherEmbeddings | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, the batch's embeddings) for one micro-batch: F2LLM's contrastive loss, plus the distillation term
     when a teacher is given."""
-    emb = encoder(chunks=batch.chunks)
-    size, k = batch.batch_size, batch.num_negatives
-    negatives = emb[2 * size:].view(size, k, -1) if k else None
-    loss = contrastive_loss(emb[:size], emb[size:2 * size], negatives, in_batch=batch.task_type == "retrieval",
-                            temperature=config.temperature, mrl_dims="f2llm_v2" if config.mrl else None,
-                            impl=config.loss_impl, stop_grad_gather=config.stop_grad_gather)
+    embeddings = encoder(chunks=batch.chunks)
+    loss = batch_contrastive_loss(batch, embeddings, config)
     if teacher is not None and config.distill_weight > 0:
         targets = teacher.lookup(batch.dataset, batch.query_rows, batch.doc_ids)
-        loss = loss + config.distill_weight * distill_loss(emb, targets, config.distill_loss, config.temperature)
-    return loss, emb
+        loss = loss + config.distill_weight * distill_loss(embeddings, targets, config.distill_loss,
+                                                           config.temperature)
+    return loss, embeddings
+
+
+def batch_contrastive_loss(batch: Batch, embeddings: torch.Tensor, config: TrainConfig,
+                           gather: bool = True) -> torch.Tensor:
+    """F2LLM's loss of one batch through the loss's one entry point: the in-batch term for retrieval datasets only,
+    MRL levels when configured. ``gather=False`` keeps the keys local (validation: every rank holds the same rows)."""
+    queries, positives, negatives = batch.split(embeddings)
+    return contrastive_loss(queries, positives, negatives, in_batch=batch.in_batch, temperature=config.temperature,
+                            mrl_dims="f2llm_v2" if config.mrl else None, impl=config.loss_impl,
+                            stop_grad_gather=config.stop_grad_gather, gather=gather)
 
 
 SMOOTHING = 10  # steps averaged for the progress bar's and the summary's loss (one batch's loss is noisy)
@@ -131,26 +136,55 @@ def _fix_cpu_deepspeed_layout(accelerator: Accelerator) -> None:
         shared.update(layout)
 
 
-def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dict:
+def train(config: TrainConfig, resume: bool = False, export: bool = True,
+          on_step_end: Callable[[int], None] | None = None) -> dict:
+    """Train ``config`` in this process (one of several under ``accelerate launch``); return the history, the
+    smoothed final loss and the export's path. ``on_step_end(step)`` runs after each step is logged and saved."""
     output_dir = Path(config.output_dir)
-    # cpu=True on a machine without CUDA: that is what makes accelerate start gloo for several CPU processes. Not under
-    # DeepSpeed, which cpu=True would silently switch off; DeepSpeed's CPU accelerator starts gloo by itself.
+    accelerator, deepspeed = start_accelerator(config)
+    prepare_output_dir(output_dir, config, resume, accelerator.is_main_process)
+    set_seed(config.seed)
+    loader, tokenizer = open_data(config, accelerator)  # memory maps: instant; checked before any weights load
+    encoder = build_encoder(config, loader, tokenizer)
+    teacher = load_teacher(config, accelerator, tokenizer)
+    optimizer, scheduler = build_optimizer(config, encoder)
+    configure_deepspeed(accelerator, config)
+    encoder, optimizer, scheduler = accelerator.prepare(encoder, optimizer, scheduler)
+    start = resume_from_checkpoint(accelerator, output_dir, loader, config, deepspeed) if resume else 0
+    accelerator.init_trackers("f2llm", config=dict(vars(config)))
+    history = run_steps(accelerator, encoder, optimizer, scheduler, loader, config, teacher, start, on_step_end)
+    result = {"steps": len(history) + start, "history": history, "final_loss": smoothed_loss(history)}
+    if export and accelerator.is_main_process:
+        result["export"] = str(export_final(accelerator, encoder, config, output_dir / "final"))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # last: it also tears the process group down
+    return result
+
+
+def start_accelerator(config: TrainConfig) -> tuple[Accelerator, bool]:
+    """The accelerator and whether DeepSpeed runs. ``cpu=True`` on a machine without CUDA is what makes accelerate
+    start gloo for several CPU processes; not under DeepSpeed, which it would silently switch off (DeepSpeed's CPU
+    accelerator starts gloo by itself)."""
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
-                              log_with="tensorboard", project_dir=str(output_dir),
+                              log_with="tensorboard", project_dir=str(config.output_dir),
                               cpu=not torch.cuda.is_available() and not deepspeed,
                               step_scheduler_with_optimizer=False)  # we step it once per optimizer step
     _fix_cpu_deepspeed_layout(accelerator)
-    prepare_output_dir(output_dir, config, resume, accelerator.is_main_process)
-    set_seed(config.seed)
-    # The data first (memory maps: instant), checked against the backbone's tokenizer before any weights load.
+    return accelerator, deepspeed
+
+
+def open_data(config: TrainConfig, accelerator: Accelerator) -> tuple[MultitaskLoader, object]:
+    """The loader over the tokenized data and the backbone's tokenizer, refused when the data was tokenized with
+    another tokenizer."""
     tokenizer = load_tokenizer(config.model)
-    loader = MultitaskLoader(config.data_dir, config.per_device_batch, config.num_negatives, tokenizer.pad_token_id,
-                             accelerator.process_index, accelerator.num_processes, config.seed, config.val_fraction,
-                             max_length=config.max_length or None, sampling=config.sampling,
-                             clustering_negatives=config.clustering_negatives, eos_id=tokenizer.eos_token_id,
-                             padding=config.padding, max_padding=config.max_padding)
-    check_same_tokenizer(loader.data.tokenizer, tokenizer, f"the data in {config.data_dir}", config.model)
+    loader = MultitaskLoader.from_config(config, tokenizer, accelerator.process_index, accelerator.num_processes)
+    loader.data.check_tokenizer(tokenizer, config.model)
+    return loader, tokenizer
+
+
+def build_encoder(config: TrainConfig, loader: MultitaskLoader, tokenizer) -> F2LLMEncoder:
+    """The backbone (pruned, with LoRA adapters and gradient checkpointing when asked) as an encoder, in train mode."""
     model, tokenizer = load_backbone(config.model, num_layers=config.num_layers or None, seed=config.seed)
     rows, ids = model.get_input_embeddings().num_embeddings, loader.data.tokenizer["vocab_size"]
     if rows < ids:
@@ -162,85 +196,107 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True) -> dic
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
-    teacher = None
-    if config.teacher:
-        with accelerator.main_process_first():  # the main process computes the cache once; the others read it
-            folder = teacher_cache(config.data_dir, config.teacher, tokenizer, log=accelerator.print)
-        teacher = TeacherEmbeddings(folder)
-    encoder = F2LLMEncoder(model, tokenizer, max_length=loader.max_length)
+    return F2LLMEncoder(model, tokenizer, max_length=loader.max_length)
+
+
+def load_teacher(config: TrainConfig, accelerator: Accelerator, tokenizer) -> TeacherEmbeddings | None:
+    """The distillation teacher's cached embeddings (computed once, by the main process), or None."""
+    if not config.teacher:
+        return None
+    with accelerator.main_process_first():
+        folder = teacher_cache(config.data_dir, config.teacher, tokenizer, log=accelerator.print)
+    return TeacherEmbeddings(folder)
+
+
+def build_optimizer(config: TrainConfig, encoder: F2LLMEncoder):
+    """AdamW with F2LLM's betas and weight decay; linear warmup, then cosine down to ``min_lr``."""
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
                                   weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_floor(config))
-    configure_deepspeed(accelerator, config)
-    encoder, optimizer, scheduler = accelerator.prepare(encoder, optimizer, scheduler)
-    start = 0
-    if resume:
-        start = resume_from_checkpoint(accelerator, output_dir, loader, config, deepspeed)
-    accelerator.init_trackers("f2llm", config={k: v for k, v in vars(config).items()})
-    metrics_path = output_dir / "metrics.jsonl"
-    kill_after = int(os.environ.get("F2LLM_KILL_AFTER_STEP", "0"))  # tests: a real SIGKILL mid-run
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_floor(config))
+
+
+def run_steps(accelerator: Accelerator, encoder, optimizer, scheduler, loader: MultitaskLoader,
+              config: TrainConfig, teacher: TeacherEmbeddings | None, start: int,
+              on_step_end: Callable[[int], None] | None) -> list[dict]:
+    """The loop: one optimizer step at a time; validation, logging, the divergence guard and checkpoints as the
+    config says. Returns one record per step."""
+    output_dir = Path(config.output_dir)
     last = min(config.max_steps, config.stop_after) if config.stop_after else config.max_steps
     bar = tqdm(range(start, last), desc="train", disable=not accelerator.is_main_process, initial=start, total=last)
-    history = []
+    history: list[dict] = []
     guard = DivergenceGuard(config.divergence_guard)
     if accelerator.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(accelerator.device)
     for step in bar:
-        tic = time.perf_counter()
-        tokens = padded = 0
-        losses, stats = [], []
-        for _ in range(config.grad_accum):
-            batch = loader.next_batch()
-            tokens, padded = tokens + batch.tokens, padded + batch.padded_tokens
-            with accelerator.accumulate(encoder):
-                loss, embeddings = batch_loss(encoder, batch, config, accelerator.device, teacher)
-                stats.append(batch_statistics(embeddings))
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and config.grad_clip > 0:
-                    accelerator.clip_grad_norm_(encoder.parameters(), config.grad_clip)
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad()
-            losses.append(loss.detach())
-        seconds = time.perf_counter() - tic
-        mean_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
-        batch_stats = accelerator.reduce(torch.stack(stats).mean(0), reduction="mean").cpu()
-        total_tokens = accelerator.reduce(torch.tensor(float(tokens), device=accelerator.device), "sum").item()
-        record = {"step": step + 1, "loss": mean_loss, "dataset": batch.dataset, "lr": scheduler.get_last_lr()[0],
-                  "tokens_per_second": total_tokens / seconds, "padding_fraction": 1 - tokens / padded,
-                  "step_seconds": seconds}
-        if accelerator.device.type == "cuda":  # this rank's peak since training started (weights, optimizer, step)
-            record["peak_memory_mb"] = torch.cuda.max_memory_allocated(accelerator.device) / 2**20
+        record, batch_stats = optimizer_step(accelerator, encoder, optimizer, scheduler, loader, config, teacher)
+        record["step"] = step + 1
         if (step + 1) % config.eval_every == 0 or step + 1 == last:
-            record["val"] = validate(encoder, loader, config, accelerator)
-        if accelerator.is_main_process and ((step + 1) % config.log_every == 0 or "val" in record):
-            scalars = {k: v for k, v in record.items() if isinstance(v, float)}
-            scalars[f"loss/{batch.dataset}"] = mean_loss
-            scalars.update({f"val/{k}": v for k, v in record.get("val", {}).items()})
-            accelerator.log(scalars, step=step + 1)
-            with metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            recent = [h["loss"] for h in history[-SMOOTHING - 1:]] + [mean_loss]
-            bar.set_postfix(loss=f"{mean_loss:.3f}", smoothed=f"{sum(recent) / len(recent):.3f}",
-                            tok_s=f"{record['tokens_per_second']:.0f}", ds=batch.dataset[:12])
+            record["val"] = validate(encoder, loader, config)
         history.append(record)
-        guard.check(step + 1, mean_loss, batch_stats, record["lr"])  # before saving: the last checkpoint stays good
+        if accelerator.is_main_process and ((step + 1) % config.log_every == 0 or "val" in record):
+            log_step(accelerator, record, output_dir / "metrics.jsonl")
+            bar.set_postfix(loss=f"{record['loss']:.3f}", smoothed=f"{smoothed_loss(history):.3f}",
+                            tok_s=f"{record['tokens_per_second']:.0f}", ds=record["dataset"][:12])
+        guard.check(step + 1, record["loss"], batch_stats, record["lr"])  # before saving: the last one stays good
         if (step + 1) % config.save_every == 0 or step + 1 == last:
             save_checkpoint(accelerator, output_dir, step + 1, loader)
-        if kill_after and step + 1 == kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
-    result = {"steps": last, "history": history, "final_loss": smoothed_loss(history)}
-    if export and accelerator.is_main_process:
-        from ..embedder.export import export_sentence_transformers
+        if on_step_end is not None:
+            on_step_end(step + 1)
+    return history
 
-        final = accelerator.unwrap_model(encoder)
-        if config.lora_rank:  # the adapters merged into the weights: the export is a plain model
-            final = F2LLMEncoder(final.backbone.merge_and_unload(), final.tokenizer, final.max_length)
-        result["export"] = str(export_sentence_transformers(final, output_dir / "final"))
-    accelerator.wait_for_everyone()
-    accelerator.end_training()  # last: it also tears the process group down
-    return result
+
+def optimizer_step(accelerator: Accelerator, encoder, optimizer, scheduler, loader: MultitaskLoader,
+                   config: TrainConfig, teacher: TeacherEmbeddings | None) -> tuple[dict, torch.Tensor]:
+    """``grad_accum`` micro-batches of forward, loss, backward, then (clipped) optimizer and scheduler steps.
+    Returns the step's record (loss and throughput over every rank) and its embedding statistics."""
+    tic = time.perf_counter()
+    tokens = padded = texts = longest = 0
+    losses, stats = [], []
+    for _ in range(config.grad_accum):
+        batch = loader.next_batch()
+        tokens, padded = tokens + batch.tokens, padded + batch.padded_tokens
+        texts, longest = texts + len(batch.texts), max(longest, int(batch.lengths.max()))
+        with accelerator.accumulate(encoder):
+            loss, embeddings = batch_loss(encoder, batch, config, teacher)
+            stats.append(batch_statistics(embeddings))
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.grad_clip > 0:
+                accelerator.clip_grad_norm_(encoder.parameters(), config.grad_clip)
+            optimizer.step()
+            if accelerator.sync_gradients:
+                scheduler.step()
+            optimizer.zero_grad()
+        losses.append(loss.detach())
+    seconds = time.perf_counter() - tic
+    mean_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+    batch_stats = accelerator.reduce(torch.stack(stats).mean(0), reduction="mean").cpu()
+    total_tokens = accelerator.reduce(torch.tensor(float(tokens), device=accelerator.device), "sum").item()
+    record = {"loss": mean_loss, "dataset": batch.dataset, "lr": scheduler.get_last_lr()[0],
+              "tokens_per_second": total_tokens / seconds, "padding_fraction": 1 - tokens / padded,
+              "step_seconds": seconds, "texts": texts, "longest_text": longest}
+    if accelerator.device.type == "cuda":  # this rank's peak since training started (weights, optimizer, step)
+        record["peak_memory_mb"] = torch.cuda.max_memory_allocated(accelerator.device) / 2**20
+    return record, batch_stats
+
+
+def log_step(accelerator: Accelerator, record: dict, metrics_path: Path) -> None:
+    """TensorBoard scalars (the loss also per dataset: datasets differ in scale) and a line of metrics.jsonl."""
+    scalars = {k: v for k, v in record.items() if isinstance(v, float)}
+    scalars[f"loss/{record['dataset']}"] = record["loss"]
+    scalars.update({f"val/{k}": v for k, v in record.get("val", {}).items()})
+    accelerator.log(scalars, step=record["step"])
+    with metrics_path.open("a") as handle:
+        handle.write(json.dumps({"step": record["step"], **{k: v for k, v in record.items() if k != "step"}}) + "\n")
+
+
+def export_final(accelerator: Accelerator, encoder, config: TrainConfig, out_dir: Path) -> Path:
+    """The trained encoder as a sentence-transformers folder (LoRA adapters merged into the weights first)."""
+    from ..embedder.export import export_sentence_transformers
+
+    final = accelerator.unwrap_model(encoder)
+    if config.lora_rank:
+        final = F2LLMEncoder(final.backbone.merge_and_unload(), final.tokenizer, final.max_length)
+    return export_sentence_transformers(final, out_dir)
 
 
 def resume_from_checkpoint(accelerator: Accelerator, output_dir: Path, loader: MultitaskLoader, config: TrainConfig,
@@ -288,20 +344,12 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, loade
 
 
 @torch.no_grad()
-def validate(encoder, loader: MultitaskLoader, config: TrainConfig, accelerator: Accelerator) -> dict[str, float]:
-    """Per-dataset losses on the held-out rows (local, no gather: every rank sees the same rows)."""
+def validate(encoder, loader: MultitaskLoader, config: TrainConfig) -> dict[str, float]:
+    """Per-dataset losses on the held-out rows, each rank on the same rows (so no gather)."""
     was_training = encoder.training
     encoder.eval()
     out = {}
     for batch in loader.validation_batches(config.val_batches):
-        emb = encoder(chunks=batch.chunks)
-        size, k, dim = batch.batch_size, batch.num_negatives, emb.shape[1]
-        negatives = emb[2 * size:].view(size, k, -1) if k else None
-        dims = mrl_levels(dim) if config.mrl else [dim]
-        in_batch = batch.task_type == "retrieval"
-        keys = emb[size:2 * size] if in_batch else None
-        labels = torch.arange(size, device=emb.device) if in_batch else None
-        out[batch.dataset] = float(chunked_loss(emb[:size], emb[size:2 * size], negatives, keys, labels, dims,
-                                                mrl_weights(dims, dim), config.temperature, 1024))
+        out[batch.dataset] = float(batch_contrastive_loss(batch, encoder(chunks=batch.chunks), config, gather=False))
     encoder.train(was_training)
     return out
