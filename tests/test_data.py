@@ -284,3 +284,19 @@ def test_a_public_data_path_without_the_setting_or_a_fallback_names_the_setting(
                       "fields: {text: text, label: label}\nbuild: {kind: same_cluster}\n")
     with pytest.raises(DataError, match="F2LLM_PUBLIC_DATA"):
         read_records(load_recipe(recipe))
+
+
+def test_a_recipe_accepts_every_mining_setting_and_types_it(tmp_path):
+    """The recipe's mining keys are MiningConfig's fields (batch_size was once missing from a hand-kept list)."""
+    from dataclasses import fields
+
+    from f2llm_lib.data.recipes import MINING_KEYS
+
+    assert {f.name for f in fields(MiningConfig)} | {"scorer"} == MINING_KEYS
+    recipe = tmp_path / "r.yaml"
+    base = "name: r\ntask_type: clustering\nsource: {kind: pycode}\nbuild: {kind: pycode}\ntasks: [clustering]\n"
+    recipe.write_text(base + "mining: {batch_size: 16, max_score: 1}\n")
+    assert load_recipe(recipe).mining == {"batch_size": 16, "max_score": 1}
+    recipe.write_text(base + "mining: {batch_size: '16'}\n")
+    with pytest.raises(DataError, match="mining.batch_size must be int, got str"):
+        load_recipe(recipe)

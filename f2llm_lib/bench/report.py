@@ -101,16 +101,20 @@ def cpu_section() -> str:
     lines = []
     if TRAIN_CPU.exists():
         rows = _rows(TRAIN_CPU)
-        lines += [f"Trainer throughput (`python -m f2llm_lib.bench.train`, {rows[0]['device']}, "
+        checked = "longest_text" in rows[0]  # benchmarks since the like-for-like check record what each side ran
+        lines += [f"Trainer throughput (`f2llm bench train`, {rows[0]['device']}, "
                   f"{rows[0]['precision']}, {rows[0]['batch']} queries x (2 + {rows[0]['negatives']}) texts, max "
                   f"length {rows[0]['max_length']}, {rows[0]['steps']} steps; `benchmarks/train-cpu-2core/`, "
-                  "2-core machine):", "",
-                  "| model | trainer | real tokens/s | step ms | padding | vs sentence-transformers |",
-                  "|---|---|---|---|---|---|"]
+                  "2-core machine" + ("; every trainer ran the same texts per step, cut at the same length: the "
+                                      "benchmark checks both" if checked else "") + "):", "",
+                  "| model | trainer | real tokens/s | step ms | padding |"
+                  + (" longest text | texts/step |" if checked else "") + " vs sentence-transformers |",
+                  "|---|---|---|---|---|" + ("---|---|" if checked else "") + "---|"]
         for row in rows:
+            seen = f" {row['longest_text']} | {row['texts_per_step']} |" if checked else ""
             lines.append(f"| {row['model']} ({row['layers']} layers) | {row['trainer']} | "
                          f"{float(row['tokens_per_second']):,.0f} | {float(row['step_ms']):,.0f} | "
-                         f"{float(row['padding_fraction']):.1%} | {row['speed_vs_sentence_transformers']}x |")
+                         f"{float(row['padding_fraction']):.1%} |{seen} {row['speed_vs_sentence_transformers']}x |")
     if (SCALE_CPU / "scale.csv").exists():
         fits = json.loads((SCALE_CPU / "scale_fit.json").read_text()) if (SCALE_CPU / "scale_fit.json").exists() \
             else {}

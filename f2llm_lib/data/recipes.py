@@ -12,13 +12,14 @@ import os
 import random
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..paths import PUBLIC_DATA_ENV, REPO_ROOT, public_data_dir
+from .mining import MiningConfig
 from .readers import read_hub, read_local
 from .schema import TASK_TYPES, DataError, TrainingTuple, check_text
 
@@ -36,9 +37,11 @@ SOURCE_KEYS = {"kind", "path", "format", "hub_id", "config", "split", "packages"
 HUB_FALLBACK_KEYS = {"hub_id", "config", "split", "fields"}
 PUBLIC_DATA = "${PUBLIC_DATA}"
 BUILD_KEYS = {"kind", "score_min", "label_names", "num_negatives"}
-MINING_KEYS = {"scorer", "range_min", "range_max", "max_score", "relative_margin", "num_negatives", "on_shortfall"}
-MINING_TYPES = {"scorer": str, "range_min": int, "range_max": int, "max_score": (int, float),
-                "relative_margin": (int, float), "num_negatives": int, "on_shortfall": str}
+# A recipe's mining section: the scorer, then exactly MiningConfig's fields, typed from their defaults (derived, so
+# the two cannot drift apart).
+MINING_TYPES = {"scorer": str, **{f.name: (int, float) if isinstance(f.default, float) else type(f.default)
+                                  for f in fields(MiningConfig)}}
+MINING_KEYS = set(MINING_TYPES)
 BUILD_TYPES = {"kind": str, "score_min": (int, float), "label_names": dict, "num_negatives": int}
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
