@@ -118,7 +118,7 @@ def cpu_section() -> str:
     if (SCALE_CPU / "scale.csv").exists():
         fits = json.loads((SCALE_CPU / "scale_fit.json").read_text()) if (SCALE_CPU / "scale_fit.json").exists() \
             else {}
-        lines += ["", "Tokenized data at scale (`python -m f2llm_lib.bench.scale`, synthetic F2LLM-shaped "
+        lines += ["", "Tokenized data at scale (`f2llm bench scale`, synthetic F2LLM-shaped "
                   f"tuples of 24 negatives; `benchmarks/scale-cpu-2core/`, fitted write-time exponent "
                   f"{fits.get('write_seconds_exponent', '-')}):", "",
                   "| queries | corpus tokens | write s | writer peak RSS MB | loader start s | loader RSS growth MB "
