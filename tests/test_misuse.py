@@ -74,9 +74,9 @@ def test_a_recipe_name_must_be_a_safe_file_name(tmp_path, name, match):
 
 @pytest.mark.parametrize(("section", "key", "value", "expected"), [
     ("mining", "num_negatives", "seven", "mining.num_negatives must be int"),
-    ("mining", "max_score", "high", "mining.max_score must be int or float"),
+    ("mining", "max_score", "high", r"mining.max_score must be a number \(or null\)"),
     ("mining", "range_min", 1.5, "mining.range_min must be int"),
-    ("build", "score_min", "4", "build.score_min must be int or float"),
+    ("build", "score_min", "4", "build.score_min must be a number, got str '4' \\(a quoted number is text"),
 ])
 def test_wrong_types_in_mining_and_build_name_the_key(tmp_path, section, key, value, expected):
     overrides = {"mining": {"scorer": "bm25"}, "build": {"kind": "pairs"}}

@@ -29,13 +29,15 @@ def test_reads_typed_parameters(tmp_path):
 
 def test_unknown_parameter_names_notebook_and_key(tmp_path):
     nb = _write_notebook(tmp_path / "07_demo.ipynb", "pass")
-    with pytest.raises(NotebookParameterError, match=r"07_demo.ipynb: unknown parameter 'CUONT'.*COUNT"):
+    with pytest.raises(NotebookParameterError, match=(
+            r"07_demo.ipynb \(from parameters\): unknown parameter 'CUONT' \(did you mean COUNT\?\)")):
         validate_parameters(nb, {"CUONT": 3})
 
 
 def test_wrong_type_is_rejected(tmp_path):
     nb = _write_notebook(tmp_path / "07_demo.ipynb", "pass")
-    with pytest.raises(NotebookParameterError, match=r"'COUNT'.*must be int, got str"):
+    with pytest.raises(NotebookParameterError, match=(
+            r"07_demo.ipynb \(from parameters\): COUNT must be int, got str '3'")):
         validate_parameters(nb, {"COUNT": "3"})
     with pytest.raises(NotebookParameterError, match=r"must be int, got bool"):
         validate_parameters(nb, {"COUNT": True})
@@ -46,7 +48,8 @@ def test_profile_with_misspelt_key_fails_before_running(tmp_path, monkeypatch):
     (tmp_path / "params" / "smoke").mkdir(parents=True)
     (tmp_path / "params" / "smoke" / "07_demo.yaml").write_text("NAME: y\nCOUNTT: 1\n")
     monkeypatch.setattr(notebook_runner, "PARAMS_DIR", tmp_path / "params")
-    with pytest.raises(NotebookParameterError, match=r"07_demo.ipynb: unknown parameter 'COUNTT'.*07_demo.yaml"):
+    with pytest.raises(NotebookParameterError, match=(
+            r"07_demo.ipynb \(from .*07_demo.yaml\): unknown parameter 'COUNTT'")):
         notebook_runner.run_profile("smoke", [nb], run_dir=tmp_path / "run")
     assert not (tmp_path / "run" / "07_demo.ipynb").exists()
     with pytest.raises(NotebookParameterError, match="unknown profile 'fast'"):

@@ -11,7 +11,7 @@ import pytest
 
 from f2llm_lib.data.pipeline import curate
 from f2llm_lib.data.pycode import pycode_items
-from f2llm_lib.data.recipes import load_recipe
+from f2llm_lib.data.recipes import SourceSpec, load_recipe
 from f2llm_lib.data.tokenized import TokenizedData, write_training_files
 from f2llm_lib.embedder.backbones import smollm2_tokenizer
 from f2llm_lib.train.config import TrainConfig
@@ -58,7 +58,7 @@ def test_fixture_has_the_released_columns(released_folder):
 
 def test_released_files_through_the_recipe_tokenizer_and_two_training_steps(released_folder, tmp_path):
     recipe = load_recipe("f2llm_v1")  # the shipped recipe; only its source points at the local copy
-    recipe.source = {"kind": "local", "path": str(released_folder), "data_files": "all"}
+    recipe.source = SourceSpec(kind="local", path=str(released_folder), data_files="all")
     result = curate(recipe, show_progress=False)
     assert {name: tuples[0].task_type for name, tuples in result.datasets.items()} == {
         "msmarco": "retrieval", "amazon_polarity": "classification", "banking77": "clustering"}

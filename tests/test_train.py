@@ -142,5 +142,5 @@ def test_loader_is_identical_across_world_sizes_and_resumable(data_dir):
 def test_config_rejects_unknown_keys_and_wrong_types(tmp_path):
     with pytest.raises(ConfigError, match="unknown key 'learning_rate'"):
         TrainConfig.from_dict({"learning_rate": 1e-4})
-    with pytest.raises(ConfigError, match="key 'max_steps' must be int, got str"):
+    with pytest.raises(ConfigError, match="max_steps must be int, got str"):
         TrainConfig.from_dict({"max_steps": "10"})

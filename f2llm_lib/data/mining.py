@@ -11,30 +11,34 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..typed import check, rule
 from .schema import DataError
 
 
 @dataclass
 class MiningConfig:
-    range_min: int = 5
-    range_max: int = 100
-    max_score: float | None = 0.8
-    relative_margin: float = 0.05
-    num_negatives: int = 24
-    batch_size: int = 64
-    on_shortfall: str = "random_fill"  # random_fill: top up with random candidates; keep: fewer negatives; drop
+    """F2LLM's mining rule (sentence-transformers' ``mine_hard_negatives`` settings); checked when built."""
+
+    range_min: int = field(default=5, metadata=rule(lambda v: v >= 0, "0 or more"))  # ranks skipped at the top
+    range_max: int = field(default=100, metadata=rule(lambda v: v >= 1, "at least 1"))  # ranks considered
+    max_score: float | None = 0.8  # candidates must score below this (bounded scorers only)
+    # candidates must score below (1 - relative_margin) x the positive's score
+    relative_margin: float = field(default=0.05, metadata=rule(lambda v: 0 <= v < 1, "in [0, 1)"))
+    num_negatives: int = field(default=24, metadata=rule(lambda v: v >= 1, "at least 1"))
+    batch_size: int = field(default=64, metadata=rule(lambda v: v >= 1, "at least 1"))  # queries scored at once
+    # random_fill: top up with random candidates; keep: fewer negatives; drop: drop the query
+    on_shortfall: Literal["random_fill", "keep", "drop"] = "random_fill"
 
     def __post_init__(self) -> None:
-        if not 0 <= self.range_min < self.range_max:
-            raise DataError(f"mining: need 0 <= range_min < range_max, got {self.range_min}, {self.range_max}")
-        if self.num_negatives < 1:
-            raise DataError(f"mining: num_negatives must be at least 1, got {self.num_negatives}")
-        if self.on_shortfall not in ("random_fill", "keep", "drop"):
-            raise DataError(f"mining: on_shortfall must be random_fill, keep or drop, got {self.on_shortfall!r}")
+        check(self, "mining", DataError)
+
+    def cross_checks(self):
+        yield self.range_min < self.range_max, "range_max", f"more than range_min ({self.range_min})"
 
 
 class EncoderScorer:

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +21,14 @@ import pyarrow.parquet as pq
 from ..atomic import atomic_file, atomic_folder
 from ..embedder.prompts import query_prompt
 from .decontaminate import DecontaminationReport, Decontaminator
-from .mining import BM25Scorer, EncoderScorer, MiningConfig, MiningReport, mine_hard_negatives
+from .mining import BM25Scorer, EncoderScorer, MiningReport, mine_hard_negatives
 from .recipes import (
     Recipe,
     build_examples,
     build_pycode_examples,
     expand_mix,
     f2llm_mix_files,
-    infer_task_type,
+    mix_file_recipe,
     read_records,
     resolve_path,
 )
@@ -101,48 +101,37 @@ def make_scorer(spec: str, num_layers: int | None = None, instruction: str | Non
 def curate(recipe: Recipe, scorer_spec: str | None = None, num_layers: int | None = None,
            show_progress: bool = True) -> CurationResult:
     """Build, decontaminate and mine every dataset of a recipe (nothing is written)."""
-    if recipe.source["kind"] == "pycode":
+    if recipe.source.kind == "pycode":
         built = build_pycode_examples(recipe, "train")
-    elif recipe.source.get("data_files") == "all":  # the released F2LLM mix: one dataset per file
-        built = []
-        for file in f2llm_mix_files(recipe):
-            local = recipe.source["kind"] == "local"
-            part = replace(recipe, name=Path(file).stem, task_type=infer_task_type(file),
-                           source={**recipe.source, **({"path": file, "data_files": None} if local
-                                                       else {"data_files": file})})
-            built.append(build_examples(part, read_records(part)))
+    elif recipe.source.data_files == "all":  # the released F2LLM mix: one dataset per file
+        built = [build_examples(part, read_records(part))
+                 for part in (mix_file_recipe(recipe, file) for file in f2llm_mix_files(recipe))]
     else:
         built = [build_examples(recipe, read_records(recipe))]
     decontaminator = Decontaminator(eval_texts(recipe.decontaminate_against, recipe)) \
         if recipe.decontaminate_against else None
     result = CurationResult(datasets={})
-    config = MiningConfig(**{k: v for k, v in recipe.mining.items() if k != "scorer"})
-    spec = scorer_spec or recipe.mining.get("scorer", "bm25")
     scorer = None
-    for tuples, info in built:
-        if not tuples:
+    for dataset in built:
+        if not dataset.tuples:
             continue
-        name = tuples[0].dataset
+        name = dataset.name
         if decontaminator is not None:
-            keep = set(map(id, decontaminator.filter(tuples, result.decontamination)[0]))
-            mask = [id(t) in keep for t in tuples]
-            tuples = [t for t, k in zip(tuples, mask, strict=True) if k]
-            if "query_groups" in info:
-                info["query_groups"] = [g for g, k in zip(info["query_groups"], mask, strict=True) if k]
-        if info["mine"]:
-            corpus = info["corpus"]
-            if decontaminator is not None:  # mined negatives must not be evaluation texts either
-                corpus_keep = [not decontaminator.matches(t) or t in {x.positive for x in tuples} for t in corpus]
-                if "corpus_groups" in info:
-                    info["corpus_groups"] = [g for g, k in zip(info["corpus_groups"], corpus_keep, strict=True) if k]
-                corpus = [t for t, k in zip(corpus, corpus_keep, strict=True) if k]
+            kept = set(map(id, decontaminator.filter(dataset.tuples, result.decontamination)[0]))
+            dataset = dataset.keep([id(t) in kept for t in dataset.tuples])
+            if dataset.mine:  # mined negatives must not be evaluation texts either
+                positives = {t.positive for t in dataset.tuples}
+                dataset = dataset.keep_corpus([not decontaminator.matches(t) or t in positives
+                                               for t in dataset.corpus])
+        tuples = dataset.tuples
+        if dataset.mine:
             if scorer is None:  # one model for every dataset of the recipe; only the instruction changes
-                scorer = make_scorer(spec, num_layers)
+                scorer = make_scorer(scorer_spec or recipe.mining.scorer, num_layers)
             scorer.instruction = tuples[0].instruction or None
             negatives, report = mine_hard_negatives(
-                [t.query for t in tuples], [t.positive for t in tuples], corpus, scorer, config,
-                query_groups=info.get("query_groups"), corpus_groups=info.get("corpus_groups"), seed=recipe.seed,
-                show_progress=show_progress)
+                [t.query for t in tuples], [t.positive for t in tuples], dataset.corpus, scorer,
+                recipe.mining.config(), query_groups=dataset.query_groups, corpus_groups=dataset.corpus_groups,
+                seed=recipe.seed, show_progress=show_progress)
             result.mining[name] = report
             warn_shortfall(name, report)
             tuples = [TrainingTuple(t.dataset, t.task_type, t.instruction, t.query, t.positive, n)

@@ -1,8 +1,12 @@
 """Declarative recipes (``data_recipes/*.yaml``) that turn a source dataset into F2LLM tuples.
 
 A recipe names its source (a hub dataset, a local file, or ``pycode``), maps source columns to roles, says how
-positives and negatives are built, and caps the sample count. Every key is checked: an unknown or misspelt key
-is an error naming the file and the key.
+positives and negatives are built, and caps the sample count. The file loads into typed sections (``SourceSpec``,
+``BuildSpec``, ``MiningSpec``) through the library's one typed loader (``f2llm_lib.typed``): an unknown or misspelt
+key, a wrong type or a value out of range is an error naming the file and the key.
+
+Each build kind has one builder (``BUILDERS``) that returns a ``BuiltDataset``: the tuples, and when negatives are
+to be mined, the candidate corpus with each candidate's group. Curation filters it with ``keep`` / ``keep_corpus``.
 """
 
 from __future__ import annotations
@@ -12,60 +16,112 @@ import os
 import random
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from ..paths import PUBLIC_DATA_ENV, REPO_ROOT, public_data_dir
+from ..typed import from_mapping, rule
 from .mining import MiningConfig
 from .readers import read_hub, read_local
 from .schema import TASK_TYPES, DataError, TrainingTuple, check_text
 
 RECIPE_DIR = REPO_ROOT / "data_recipes"
-BUILDS = {  # build kind -> (task types it makes, source fields it needs)
+PUBLIC_DATA = "${PUBLIC_DATA}"
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+TaskType = Literal["retrieval", "classification", "clustering"]
+BuildKind = Literal["tuples", "pairs", "label_verbalisation", "same_cluster", "pycode"]
+# build kind -> (task types it makes, the roles its ``fields`` must map to source columns)
+BUILD_NEEDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "tuples": (TASK_TYPES, ("query", "positive")),
     "pairs": (("retrieval",), ("s1", "s2")),
     "label_verbalisation": (("classification",), ("text", "label")),
     "same_cluster": (("clustering",), ("text", "label")),
     "pycode": (TASK_TYPES, ()),
 }
-TOP_KEYS = {"name", "description", "task_type", "tasks", "instruction", "instructions", "source", "fields", "build",
-            "mining", "max_samples", "seed", "decontaminate_against"}
-SOURCE_KEYS = {"kind", "path", "format", "hub_id", "config", "split", "packages", "data_files", "hub_fallback"}
-HUB_FALLBACK_KEYS = {"hub_id", "config", "split", "fields"}
-PUBLIC_DATA = "${PUBLIC_DATA}"
-BUILD_KEYS = {"kind", "score_min", "label_names", "num_negatives"}
-# A recipe's mining section: the scorer, then exactly MiningConfig's fields, typed from their defaults (derived, so
-# the two cannot drift apart).
-MINING_TYPES = {"scorer": str, **{f.name: (int, float) if isinstance(f.default, float) else type(f.default)
-                                  for f in fields(MiningConfig)}}
-MINING_KEYS = set(MINING_TYPES)
-BUILD_TYPES = {"kind": str, "score_min": (int, float), "label_names": dict, "num_negatives": int}
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
-def _type_names(kind) -> str:
-    return kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+@dataclass
+class HubFallback:
+    """The same public dataset on the hub, read when no local copy is configured (``F2LLM_PUBLIC_DATA``)."""
+
+    hub_id: str
+    split: str = "train"
+    config: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)  # role -> the hub's column
+
+
+@dataclass
+class SourceSpec:
+    """Where a recipe's records come from."""
+
+    kind: Literal["local", "hub", "pycode"]
+    path: str = ""  # local: a file, or a folder of parquet files with data_files: all
+    format: Literal["jsonl", "csv", "tsv", "parquet"] | None = None  # local: when the suffix does not tell
+    hub_id: str = ""
+    config: str | None = None
+    split: str = "train"
+    packages: list[str] = field(default_factory=list)  # pycode: the installed packages to read
+    data_files: str | None = None  # hub or local folder: "all" for F2LLM's released mix (one dataset per file)
+    hub_fallback: HubFallback | None = None
+
+    def cross_checks(self):
+        yield self.kind != "local" or bool(self.path), "path", "set for a local source"
+        yield self.kind != "hub" or bool(self.hub_id), "hub_id", "set for a hub source"
+
+
+@dataclass
+class BuildSpec:
+    """How tuples are built from records."""
+
+    kind: BuildKind
+    score_min: float = 0.0  # pairs: keep pairs scored at least this (when a score field is mapped)
+    label_names: dict[Any, str] = field(default_factory=dict)  # label -> the text its verbalisation uses
+    num_negatives: int | None = field(default=None, metadata=rule(lambda v: v >= 1, "at least 1"))
+
+
+@dataclass
+class MiningSpec(MiningConfig):
+    """A recipe's mining section: the scorer, then F2LLM's rule (``MiningConfig``)."""
+
+    scorer: str = "bm25"  # bm25, st:<sentence-transformers model>, or a backbone spec
+
+    def config(self) -> MiningConfig:
+        return MiningConfig(**{f.name: getattr(self, f.name) for f in fields(MiningConfig)})
 
 
 @dataclass
 class Recipe:
-    path: Path
-    name: str
-    source: dict[str, Any]
-    build: dict[str, Any]
-    task_type: str | None = None
-    tasks: list[str] = field(default_factory=list)
+    """One recipe file, typed: every key checked on load (unknown, wrong type, out of range, or not fitting the
+    build kind), with the file named in the message."""
+
+    name: str = field(metadata=rule(
+        lambda v: bool(SAFE_NAME.match(v)), "a plain name (it becomes a folder and file name): letters, digits, "
+        "'_', '-' and '.', not starting with '.' (e.g. my_dataset)"))
+    source: SourceSpec
+    build: BuildSpec
+    path: Path = Path()  # the file it was read from (not a key of the file)
+    task_type: TaskType | None = None
+    tasks: list[TaskType] = field(default_factory=list)  # pycode: the task types to build
     instruction: str = ""
-    instructions: dict[str, str] = field(default_factory=dict)
-    fields: dict[str, str] = field(default_factory=dict)
-    mining: dict[str, Any] = field(default_factory=dict)
-    max_samples: int | None = None
+    instructions: dict[str, str] = field(default_factory=dict)  # pycode: per task type
+    fields: dict[str, str] = field(default_factory=dict)  # role -> source column
+    mining: MiningSpec = field(default_factory=MiningSpec)
+    max_samples: int | None = field(default=None, metadata=rule(lambda v: v >= 1, "positive"))
     seed: int = 0
     decontaminate_against: list[str] = field(default_factory=list)
     description: str = ""
+
+    def cross_checks(self):
+        kinds, roles = BUILD_NEEDS[self.build.kind]
+        if self.build.kind == "pycode":
+            yield bool(self.tasks), "tasks", f"a list of task types among {TASK_TYPES} for a pycode recipe"
+        else:
+            yield self.task_type in kinds, "task_type", f"one that fits build.kind {self.build.kind!r} ({kinds})"
+        missing = [role for role in roles if role not in self.fields]
+        yield not missing, "fields", f"a mapping of {missing} to source columns for build.kind {self.build.kind!r}"
 
     @property
     def digest(self) -> str:
@@ -73,22 +129,37 @@ class Recipe:
         return hashlib.sha1(self.path.read_bytes()).hexdigest()[:12]
 
 
-def _unknown(keys, allowed, where: str) -> None:
-    extra = sorted(set(keys) - allowed)
-    if extra:
-        raise DataError(f"{where}: unknown key(s) {extra}; allowed: {sorted(allowed)}")
+@dataclass
+class BuiltDataset:
+    """One dataset as curation carries it: its tuples and, when its negatives are to be mined, the candidate corpus
+    (with each candidate's group for clustering, whose same-group candidates are never negatives)."""
 
+    name: str
+    tuples: list[TrainingTuple]
+    corpus: list[str] | None = None  # None: the negatives come with the tuples (nothing to mine)
+    corpus_groups: list[str] | None = None
 
-def _typed(mapping: dict, key: str, kind: type | tuple, where: str, required: bool = False):
-    if key not in mapping:
-        if required:
-            raise DataError(f"{where}: missing required key '{key}'")
-        return None
-    value = mapping[key]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise DataError(f"{where}: key '{key}' must be {names}, got {type(value).__name__} {value!r:.60}")
-    return value
+    @property
+    def mine(self) -> bool:
+        return self.corpus is not None
+
+    @property
+    def query_groups(self) -> list[str] | None:
+        """Each query's group (a clustering query is itself a candidate text of the corpus)."""
+        if self.corpus_groups is None:
+            return None
+        group_of = dict(zip(self.corpus, self.corpus_groups, strict=True))
+        return [group_of[t.query] for t in self.tuples]
+
+    def keep(self, mask: list[bool]) -> BuiltDataset:
+        """The tuples where ``mask`` is True (the corpus unchanged)."""
+        return replace(self, tuples=[t for t, k in zip(self.tuples, mask, strict=True) if k])
+
+    def keep_corpus(self, mask: list[bool]) -> BuiltDataset:
+        """The candidates where ``mask`` is True, with their groups."""
+        groups = None if self.corpus_groups is None else \
+            [g for g, k in zip(self.corpus_groups, mask, strict=True) if k]
+        return replace(self, corpus=[t for t, k in zip(self.corpus, mask, strict=True) if k], corpus_groups=groups)
 
 
 def expand_mix(spec: str | Path, seen: tuple = ()) -> list[Recipe]:
@@ -97,7 +168,9 @@ def expand_mix(spec: str | Path, seen: tuple = ()) -> list[Recipe]:
     data = _read_yaml(path)
     if not isinstance(data, dict) or "mix" not in data:
         return [load_recipe(path)]
-    _unknown(data, {"name", "description", "mix"}, str(path))
+    extra = sorted(set(data) - {"name", "description", "mix"})
+    if extra:
+        raise DataError(f"{path}: unknown key {extra[0]!r} in a mix recipe; a mix has name, description and mix")
     members = data["mix"]
     if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
         raise DataError(f"{path}: mix must be a non-empty list of recipe names or paths")
@@ -127,60 +200,15 @@ def _read_yaml(path: Path):
 def load_recipe(path: str | Path) -> Recipe:
     """Parse and check one recipe file (``yaml.safe_load``; no tags, no code)."""
     path = _recipe_path(path)
-    where = str(path)
     data = _read_yaml(path)
     if isinstance(data, dict) and "mix" in data:
-        raise DataError(f"{where}: a mix recipe; curate it with the pipeline (run_recipe / the command line), "
+        raise DataError(f"{path}: a mix recipe; curate it with the pipeline (run_recipe / the command line), "
                         "which reads its members")
+    if isinstance(data, dict) and "path" in data:
+        raise DataError(f"{path}: unknown key 'path' (did you mean source.path?)")
     if not isinstance(data, dict):
-        raise DataError(f"{where}: a recipe must be a mapping of keys to values")
-    _unknown(data, TOP_KEYS, where)
-    name = _typed(data, "name", str, where, required=True)
-    source = _typed(data, "source", dict, where, required=True)
-    build = _typed(data, "build", dict, where, required=True)
-    _unknown(source, SOURCE_KEYS, f"{where}: source")
-    _unknown(build, BUILD_KEYS, f"{where}: build")
-    mining = _typed(data, "mining", dict, where) or {}
-    _unknown(mining, MINING_KEYS, f"{where}: mining")
-    kind = _typed(build, "kind", str, f"{where}: build", required=True)
-    if kind not in BUILDS:
-        raise DataError(f"{where}: build.kind {kind!r} is not one of {sorted(BUILDS)}")
-    source_kind = _typed(source, "kind", str, f"{where}: source", required=True)
-    if source_kind not in ("local", "hub", "pycode"):
-        raise DataError(f"{where}: source.kind {source_kind!r} must be local, hub or pycode")
-    task_type = _typed(data, "task_type", str, where)
-    tasks = _typed(data, "tasks", list, where) or []
-    if kind == "pycode":
-        if not tasks or any(t not in TASK_TYPES for t in tasks):
-            raise DataError(f"{where}: a pycode recipe lists 'tasks' among {TASK_TYPES}")
-    elif task_type not in BUILDS[kind][0]:
-        raise DataError(f"{where}: task_type {task_type!r} does not fit build.kind {kind!r} "
-                        f"(allowed: {BUILDS[kind][0]})")
-    fields = _typed(data, "fields", dict, where) or {}
-    missing = [role for role in BUILDS[kind][1] if role not in fields]
-    if missing:
-        raise DataError(f"{where}: fields must map {missing} to source columns for build.kind {kind!r}")
-    max_samples = _typed(data, "max_samples", int, where)
-    if max_samples is not None and max_samples < 1:
-        raise DataError(f"{where}: max_samples must be positive, got {max_samples}")
-    if not SAFE_NAME.match(name):
-        raise DataError(f"{where}: name {name!r} becomes a folder and file name; use letters, digits, '_', '-' and "
-                        "'.' (not starting with '.'), e.g. my_dataset")
-    for key, value in mining.items():  # typed here, before any data is read
-        expected = MINING_TYPES[key]
-        if not isinstance(value, expected) or isinstance(value, bool) and expected is not bool:
-            raise DataError(f"{where}: mining.{key} must be {_type_names(expected)}, got "
-                            f"{type(value).__name__} {value!r:.60}")
-    for key, expected in BUILD_TYPES.items():
-        if key in build and (not isinstance(build[key], expected) or isinstance(build[key], bool)):
-            raise DataError(f"{where}: build.{key} must be {_type_names(expected)}, got "
-                            f"{type(build[key]).__name__} {build[key]!r:.60}")
-    return Recipe(path=path, name=name, source=source, build=build, task_type=task_type, tasks=tasks,
-                  instruction=_typed(data, "instruction", str, where) or "",
-                  instructions=_typed(data, "instructions", dict, where) or {}, fields=fields, mining=mining,
-                  max_samples=max_samples, seed=_typed(data, "seed", int, where) or 0,
-                  decontaminate_against=_typed(data, "decontaminate_against", list, where) or [],
-                  description=_typed(data, "description", str, where) or "")
+        raise DataError(f"{path}: a recipe must be a mapping of keys to values")
+    return from_mapping(Recipe, {**data, "path": path}, str(path), DataError)
 
 
 def resolve_path(raw: str, recipe: Recipe | None) -> Path:
@@ -199,40 +227,29 @@ def resolve_path(raw: str, recipe: Recipe | None) -> Path:
 
 def read_records(recipe: Recipe) -> list[tuple[str, dict]]:
     source = recipe.source
-    if source["kind"] == "local" and PUBLIC_DATA in source.get("path", "") and public_data_dir() is None \
-            and source.get("hub_fallback"):
+    if source.kind == "local" and PUBLIC_DATA in source.path and public_data_dir() is None and source.hub_fallback:
         return read_hub_fallback(recipe)
-    if source["kind"] == "local":
-        if "path" not in source:
-            raise DataError(f"{recipe.path}: a local source needs source.path")
-        path = resolve_path(source["path"], recipe)
-        records = list(read_local(path, source.get("format")))
+    if source.kind == "local":
+        path = resolve_path(source.path, recipe)
+        records = list(read_local(path, source.format))
         if not records:
             raise DataError(f"{path}: no records (an empty file); the recipe {recipe.path} needs a source with data")
         return records
-    if "hub_id" not in source:
-        raise DataError(f"{recipe.path}: a hub source needs source.hub_id")
-    return list(read_hub(source["hub_id"], source.get("config"), source.get("split", "train"),
-                         source.get("data_files")))
+    return list(read_hub(source.hub_id, source.config, source.split, source.data_files))
 
 
 def read_hub_fallback(recipe: Recipe) -> list[tuple[str, dict]]:
     """The same public dataset from the hub when no local copy is configured: its records with the hub's columns
     renamed to the ones the recipe's ``fields`` name (``hub_fallback.fields`` maps each role to a hub column)."""
-    fallback = recipe.source["hub_fallback"]
-    where = f"{recipe.path}: source.hub_fallback"
-    if not isinstance(fallback, dict):
-        raise DataError(f"{where} must be a mapping with hub_id, split and fields")
-    _unknown(fallback, HUB_FALLBACK_KEYS, where)
-    hub_fields = _typed(fallback, "fields", dict, where, required=True)
-    missing = sorted(set(recipe.fields) - set(hub_fields))
+    fallback = recipe.source.hub_fallback
+    missing = sorted(set(recipe.fields) - set(fallback.fields))
     if missing:
-        raise DataError(f"{where}: fields must map the recipe's roles {missing} to hub columns too")
-    hub_id, split = _typed(fallback, "hub_id", str, where, required=True), fallback.get("split", "train")
-    print(f"[recipe] {recipe.name}: {PUBLIC_DATA_ENV} is not set; reading {hub_id} ({split} split) from the hub",
-          flush=True)
-    return [(row_where, {recipe.fields[role]: record[hub_fields[role]] for role in recipe.fields})
-            for row_where, record in read_hub(hub_id, fallback.get("config"), split)]
+        raise DataError(f"{recipe.path}: source.hub_fallback.fields must map the recipe's roles {missing} to hub "
+                        "columns too")
+    print(f"[recipe] {recipe.name}: {PUBLIC_DATA_ENV} is not set; reading {fallback.hub_id} ({fallback.split} split) "
+          "from the hub", flush=True)
+    return [(where, {recipe.fields[role]: record[fallback.fields[role]] for role in recipe.fields})
+            for where, record in read_hub(fallback.hub_id, fallback.config, fallback.split)]
 
 
 def _column(record: dict, column: str, where: str) -> Any:
@@ -247,41 +264,24 @@ def _cap(items: list, recipe: Recipe, rng: random.Random) -> list:
     return items
 
 
-def build_examples(recipe: Recipe, records: list[tuple[str, dict]]) -> tuple[list[TrainingTuple], dict[str, Any]]:
-    """Tuples without mined negatives yet, plus what mining needs (candidate corpus and groups)."""
-    rng = random.Random(recipe.seed)
-    kind, f = recipe.build["kind"], recipe.fields
-    if kind == "tuples":  # already (query, positive, negative_*) as in the released F2LLM data
-        tuples = []
-        for where, record in records:
-            negatives = [check_text(record[c], where, c) for c in sorted(record, key=_negative_order)
-                         if c.startswith("negative_") and record[c]]
-            tuples.append(TrainingTuple(recipe.name, recipe.task_type, recipe.instruction,
-                                        check_text(_column(record, f["query"], where), where, f["query"]),
-                                        check_text(_column(record, f["positive"], where), where, f["positive"]),
-                                        negatives))
-        return _cap(tuples, recipe, rng), {"mine": False}
-    if kind == "pairs":
-        score_min = float(recipe.build.get("score_min", 0.0))
-        tuples, corpus, seen = [], [], set()
-        for where, record in records:
-            s1 = check_text(_column(record, f["s1"], where), where, f["s1"])
-            s2 = check_text(_column(record, f["s2"], where), where, f["s2"])
-            for text in (s1, s2):
-                if text not in seen:
-                    seen.add(text)
-                    corpus.append(text)
-            if "score" in f:
-                raw = _column(record, f["score"], where)
-                try:
-                    score = float(raw)
-                except (TypeError, ValueError) as exc:
-                    raise DataError(f"{where}: field '{f['score']}' must be a number, got {raw!r}") from exc
-                if score < score_min:
-                    continue
-            if s1 != s2:
-                tuples.append(TrainingTuple(recipe.name, "retrieval", recipe.instruction, s1, s2))
-        return _cap(tuples, recipe, rng), {"mine": True, "corpus": corpus}
+def same_group_pairs(members_by_group: dict[str, list[str]], rng: random.Random) -> list[tuple[str, str]]:
+    """(text, another text of its group) for every text of every group with two or more members: F2LLM's clustering
+    tuple, whose positive is another member of the query's cluster. The partner is drawn uniformly among the others."""
+    pairs = []
+    for group in sorted(members_by_group):
+        members = members_by_group[group]
+        if len(members) < 2:
+            continue
+        for index, text in enumerate(members):
+            partner = members[(index + 1 + rng.randrange(len(members) - 1)) % len(members)]
+            if partner != text:
+                pairs.append((text, partner))
+    return pairs
+
+
+def _labelled_texts(recipe: Recipe, records: list[tuple[str, dict]]) -> dict[str, list[str]]:
+    """Texts by label (as text), in source order, for the label-based builds."""
+    f = recipe.fields
     texts_by_label: dict[str, list[str]] = defaultdict(list)
     for where, record in records:
         text = check_text(_column(record, f["text"], where), where, f["text"])
@@ -289,35 +289,82 @@ def build_examples(recipe: Recipe, records: list[tuple[str, dict]]) -> tuple[lis
         if not isinstance(label, str | int):
             raise DataError(f"{where}: label must be text or an integer, got {type(label).__name__}")
         texts_by_label[str(label)].append(text)
+    if len(texts_by_label) < 2:
+        raise DataError(f"{recipe.path}: {recipe.build.kind} needs at least two labels, found {sorted(texts_by_label)}")
+    return texts_by_label
+
+
+def build_tuples(recipe: Recipe, records: list[tuple[str, dict]], rng: random.Random) -> BuiltDataset:
+    """Rows already in tuple form (query, positive, negative_*), as in the released F2LLM data: nothing to mine."""
+    f, tuples = recipe.fields, []
+    for where, record in records:
+        negatives = [check_text(record[c], where, c) for c in sorted(record, key=_negative_order)
+                     if c.startswith("negative_") and record[c]]
+        tuples.append(TrainingTuple(recipe.name, recipe.task_type, recipe.instruction,
+                                    check_text(_column(record, f["query"], where), where, f["query"]),
+                                    check_text(_column(record, f["positive"], where), where, f["positive"]),
+                                    negatives))
+    return BuiltDataset(recipe.name, _cap(tuples, recipe, rng))
+
+
+def build_pairs(recipe: Recipe, records: list[tuple[str, dict]], rng: random.Random) -> BuiltDataset:
+    """Sentence pairs (s1 -> s2) as retrieval tuples, optionally only those scored at least ``build.score_min``;
+    every sentence is a mining candidate."""
+    f, tuples, corpus, seen = recipe.fields, [], [], set()
+    for where, record in records:
+        s1 = check_text(_column(record, f["s1"], where), where, f["s1"])
+        s2 = check_text(_column(record, f["s2"], where), where, f["s2"])
+        for text in (s1, s2):
+            if text not in seen:
+                seen.add(text)
+                corpus.append(text)
+        if "score" in f:
+            raw = _column(record, f["score"], where)
+            try:
+                score = float(raw)
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"{where}: field '{f['score']}' must be a number, got {raw!r}") from exc
+            if score < recipe.build.score_min:
+                continue
+        if s1 != s2:
+            tuples.append(TrainingTuple(recipe.name, "retrieval", recipe.instruction, s1, s2))
+    return BuiltDataset(recipe.name, _cap(tuples, recipe, rng), corpus=corpus)
+
+
+def build_label_verbalisation(recipe: Recipe, records: list[tuple[str, dict]], rng: random.Random) -> BuiltDataset:
+    """Classification as F2LLM casts it: text -> its label's name, one other label's name as the negative."""
+    texts_by_label = _labelled_texts(recipe, records)
     labels = sorted(texts_by_label)
-    if len(labels) < 2:
-        raise DataError(f"{recipe.path}: {kind} needs at least two labels, found {labels}")
-    names = recipe.build.get("label_names") or {}
+    names = recipe.build.label_names
     verbal = {label: str(names.get(label, label)).replace("_", " ") for label in labels}
     tuples = []
-    if kind == "label_verbalisation":
-        for label in labels:
-            for text in texts_by_label[label]:
-                other = rng.choice([x for x in labels if x != label])
-                tuples.append(TrainingTuple(recipe.name, "classification", recipe.instruction, text, verbal[label],
-                                            [verbal[other]]))
-        return _cap(tuples, recipe, rng), {"mine": False}
-    corpus, groups = [], []
-    for label in labels:  # same_cluster: another text of the same cluster is the positive
-        members = texts_by_label[label]
-        for text in members:
-            corpus.append(text)
-            groups.append(label)
-        if len(members) < 2:
-            continue
-        for index, text in enumerate(members):
-            partner = members[(index + 1 + rng.randrange(len(members) - 1)) % len(members)]
-            if partner != text:
-                tuples.append(TrainingTuple(recipe.name, "clustering", recipe.instruction, text, partner))
-    tuples = _cap(tuples, recipe, rng)
-    group_of = dict(zip(corpus, groups, strict=True))
-    return tuples, {"mine": True, "corpus": corpus, "corpus_groups": groups,
-                    "query_groups": [group_of[t.query] for t in tuples]}
+    for label in labels:
+        for text in texts_by_label[label]:
+            other = rng.choice([x for x in labels if x != label])
+            tuples.append(TrainingTuple(recipe.name, "classification", recipe.instruction, text, verbal[label],
+                                        [verbal[other]]))
+    return BuiltDataset(recipe.name, _cap(tuples, recipe, rng))
+
+
+def build_same_cluster(recipe: Recipe, records: list[tuple[str, dict]], rng: random.Random) -> BuiltDataset:
+    """Clustering as F2LLM casts it: another text of the same label is the positive; every text is a candidate,
+    labelled with its group so that same-label candidates are never mined as negatives."""
+    texts_by_label = _labelled_texts(recipe, records)
+    corpus = [text for label in sorted(texts_by_label) for text in texts_by_label[label]]
+    groups = [label for label in sorted(texts_by_label) for _ in texts_by_label[label]]
+    tuples = [TrainingTuple(recipe.name, "clustering", recipe.instruction, text, partner)
+              for text, partner in same_group_pairs(texts_by_label, rng)]
+    return BuiltDataset(recipe.name, _cap(tuples, recipe, rng), corpus=corpus, corpus_groups=groups)
+
+
+BUILDERS = {"tuples": build_tuples, "pairs": build_pairs, "label_verbalisation": build_label_verbalisation,
+            "same_cluster": build_same_cluster}
+
+
+def build_examples(recipe: Recipe, records: list[tuple[str, dict]]) -> BuiltDataset:
+    """The recipe's dataset without mined negatives yet (``build.kind`` picks the builder; pycode recipes go through
+    :func:`build_pycode_examples`)."""
+    return BUILDERS[recipe.build.kind](recipe, records, random.Random(recipe.seed))
 
 
 # F2LLM's classification and clustering sources (docs/F2LLM_REFERENCE.md, Data); every other file of the
@@ -341,8 +388,8 @@ def f2llm_mix_files(recipe: Recipe) -> list[str]:
     """The parquet files of the released mix: each becomes one dataset, capped separately. From the hub (needs
     network), or from a local folder holding a downloaded copy (``source: {kind: local, path: DIR,
     data_files: all}``)."""
-    if recipe.source["kind"] == "local":
-        folder = resolve_path(recipe.source.get("path", ""), recipe)
+    if recipe.source.kind == "local":
+        folder = resolve_path(recipe.source.path, recipe)
         if not folder.is_dir():
             raise DataError(f"{recipe.path}: source.path {folder} must be a folder of the released parquet files")
         files = sorted(str(p) for p in folder.glob("*.parquet"))
@@ -350,12 +397,19 @@ def f2llm_mix_files(recipe: Recipe) -> list[str]:
     else:
         from huggingface_hub import list_repo_files
 
-        files = sorted(f for f in list_repo_files(recipe.source["hub_id"], repo_type="dataset")
+        files = sorted(f for f in list_repo_files(recipe.source.hub_id, repo_type="dataset")
                        if f.endswith(".parquet"))
-        where = recipe.source["hub_id"]
+        where = recipe.source.hub_id
     if not files:
         raise DataError(f"{recipe.path}: no parquet files in {where}")
     return files
+
+
+def mix_file_recipe(recipe: Recipe, file: str) -> Recipe:
+    """The recipe of one file of the released mix: the file's name as the dataset, its task type from the name."""
+    local = recipe.source.kind == "local"
+    source = replace(recipe.source, path=file, data_files=None) if local else replace(recipe.source, data_files=file)
+    return replace(recipe, name=Path(file).stem, task_type=infer_task_type(file), source=source)
 
 
 def _negative_order(column: str) -> int:
@@ -363,12 +417,12 @@ def _negative_order(column: str) -> int:
     return int(suffix) if suffix.isdigit() else 10**6
 
 
-def build_pycode_examples(recipe: Recipe, split: str = "train") -> list[tuple[list[TrainingTuple], dict[str, Any]]]:
+def build_pycode_examples(recipe: Recipe, split: str = "train") -> list[BuiltDataset]:
     """pycode as up to three datasets: retrieval (summary -> code), clustering (docstring -> docstring of the same
     module) and classification (docstring -> its package)."""
     from .pycode import DEFAULT_PACKAGES, DEFAULT_STDLIB, pycode_items
 
-    names = tuple(recipe.source.get("packages") or (DEFAULT_STDLIB + DEFAULT_PACKAGES))
+    names = tuple(recipe.source.packages or (DEFAULT_STDLIB + DEFAULT_PACKAGES))
     items = pycode_items(split, names)
     rng = random.Random(recipe.seed)
     out = []
@@ -379,22 +433,17 @@ def build_pycode_examples(recipe: Recipe, split: str = "train") -> list[tuple[li
             unique = {item.code: item for item in items}  # one entry per distinct code text
             tuples = [TrainingTuple(dataset, task, instruction, item.summary, item.code) for item in unique.values()
                       if item.summary != item.code]
-            info = {"mine": True, "corpus": list(unique)}
+            built = BuiltDataset(dataset, _cap(tuples, recipe, rng), corpus=list(unique))
         elif task == "clustering":
             by_module: dict[str, list[str]] = defaultdict(list)
             for item in items:
                 if item.docstring not in by_module[item.module]:
                     by_module[item.module].append(item.docstring)
-            corpus, groups, tuples = [], [], []
-            for module, docs in sorted(by_module.items()):
-                corpus += docs
-                groups += [module] * len(docs)
-                if len(docs) < 2:
-                    continue
-                for index, doc in enumerate(docs):
-                    partner = docs[(index + 1 + rng.randrange(len(docs) - 1)) % len(docs)]
-                    tuples.append(TrainingTuple(dataset, task, instruction, doc, partner))
-            info = {"mine": True, "corpus": corpus, "corpus_groups": groups}
+            corpus = [doc for module in sorted(by_module) for doc in by_module[module]]
+            groups = [module for module in sorted(by_module) for _ in by_module[module]]
+            tuples = [TrainingTuple(dataset, task, instruction, doc, partner)
+                      for doc, partner in same_group_pairs(by_module, rng)]
+            built = BuiltDataset(dataset, _cap(tuples, recipe, rng), corpus=corpus, corpus_groups=groups)
         else:
             packages = sorted({item.package for item in items})
             seen, tuples = set(), []
@@ -404,10 +453,6 @@ def build_pycode_examples(recipe: Recipe, split: str = "train") -> list[tuple[li
                 seen.add(item.docstring)
                 other = rng.choice([p for p in packages if p != item.package])
                 tuples.append(TrainingTuple(dataset, task, instruction, item.docstring, item.package, [other]))
-            info = {"mine": False}
-        tuples = _cap(tuples, recipe, rng)
-        if "corpus_groups" in info:
-            group_of = dict(zip(info["corpus"], info["corpus_groups"], strict=True))
-            info["query_groups"] = [group_of[t.query] for t in tuples]
-        out.append((tuples, info))
+            built = BuiltDataset(dataset, _cap(tuples, recipe, rng))
+        out.append(built)
     return out

@@ -104,6 +104,15 @@ def smollm2_tokenizer() -> PreTrainedTokenizerBase:
     return _fix_pad_token(AutoTokenizer.from_pretrained(folder))
 
 
+def smollm2_converted() -> bool:
+    """Whether the GGUF has been converted to the cached safetensors model and tokenizer (done on first use)."""
+    try:
+        folder = _smollm2_cache_folder()
+    except BackboneError:
+        return False
+    return (folder / "model").is_dir() and (folder / "tokenizer").is_dir()
+
+
 def _smollm2_model_folder() -> Path:
     folder = _smollm2_cache_folder() / "model"
     if not folder.exists():

@@ -8,8 +8,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 
-STRATEGIES = ("auto", "registers", "large_batch")
+from ..typed import check, example, rule
+
+Strategy = Literal["auto", "registers", "large_batch"]
+_POSITIVE = rule(lambda v: v >= 1, "a positive int")
+
+
+def _power_of_two(value: int) -> bool:
+    return value >= 16 and not value & (value - 1)
+
 _TILE_SPEC = re.compile(r"^(\d+)x(\d+)w(\d+)s(\d+)$")
 
 
@@ -17,18 +26,15 @@ _TILE_SPEC = re.compile(r"^(\d+)x(\d+)w(\d+)s(\d+)$")
 class TileShape:
     """Tile of the large-batch path's GEMM-like kernels: ``block_m`` queries x ``block_n`` keys per program."""
 
-    block_m: int = 128
-    block_n: int = 128
-    num_warps: int = 8
+    block_m: int = field(default=128, metadata=rule(_power_of_two, "a power of 2 >= 16"))
+    block_n: int = field(default=128, metadata=rule(_power_of_two, "a power of 2 >= 16"))
+    num_warps: int = field(default=8, metadata=rule(lambda v: v in (1, 2, 4, 8, 16), "1, 2, 4, 8 or 16"))
     # The H200 sweep (benchmarks/gpu/h200-2026-11-27) timed 4 stages at 121.9 ms against 3 stages' 133.0 ms at
     # 65,536 (the forward 33 vs 42 ms), one run each: adopt it once a second run confirms it is not noise.
-    num_stages: int = 3
+    num_stages: int = field(default=3, metadata=rule(lambda v: v >= 1, "at least 1"))
 
     def __post_init__(self) -> None:
-        if any(b & (b - 1) or b < 16 for b in (self.block_m, self.block_n)):
-            raise ValueError(f"tile spec {self}: blocks must be powers of 2 >= 16")
-        if self.num_warps not in (1, 2, 4, 8, 16) or self.num_stages < 1:
-            raise ValueError(f"tile spec {self}: warps must be 1, 2, 4, 8 or 16 and stages >= 1")
+        check(self, "TileShape", ValueError)
 
     @classmethod
     def parse(cls, spec: str) -> TileShape:
@@ -36,7 +42,10 @@ class TileShape:
         match = _TILE_SPEC.match(spec)
         if not match:
             raise ValueError(f"tile spec {spec!r}: expected BLOCK_MxBLOCK_NwWARPSsSTAGES, e.g. 128x64w4s3")
-        return cls(*(int(group) for group in match.groups()))
+        try:
+            return cls(*(int(group) for group in match.groups()))
+        except ValueError as exc:
+            raise ValueError(f"tile spec {spec!r}: {str(exc).removeprefix('TileShape: ')}") from None
 
     def __str__(self) -> str:
         return f"{self.block_m}x{self.block_n}w{self.num_warps}s{self.num_stages}"
@@ -60,20 +69,15 @@ class KernelSettings:
         program merges several key blocks.
     """
 
-    strategy: str = "auto"
-    large_batch_min_pairs: int = 1 << 22
-    scratch_bytes: int = 32 * 2**20
-    tiles: TileShape = field(default_factory=TileShape)
-    target_programs: int = 512
+    strategy: Strategy = "auto"
+    large_batch_min_pairs: int = field(default=1 << 22, metadata=_POSITIVE)
+    scratch_bytes: int = field(default=32 * 2**20, metadata=_POSITIVE)
+    tiles: TileShape = field(default_factory=TileShape, metadata=example("e.g. TileShape.parse('128x64w4s3')"))
+    target_programs: int = field(default=512, metadata=_POSITIVE)
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if not isinstance(self.tiles, TileShape):
-            raise TypeError(f"tiles must be a TileShape (e.g. TileShape.parse('128x64w4s3')), got {self.tiles!r}")
-        for name in ("large_batch_min_pairs", "scratch_bytes", "target_programs"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"KernelSettings.{name} must be a positive int, got {getattr(self, name)!r}")
+        # a wrong type (e.g. a tile spec string) is a TypeError, a wrong value a ValueError
+        check(self, "KernelSettings", ValueError, type_error=TypeError)
 
     def strategy_for(self, has_in_batch: bool, num_queries: int, num_keys: int) -> str:
         """``registers`` (4 launches, every accumulator in registers: F2LLM's 16 x 512 regime) or ``large_batch``

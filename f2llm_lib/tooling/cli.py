@@ -49,11 +49,13 @@ def _runner(target: str):
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .env_check import environment_report
+    from .env_check import environment_report, requirements, verdict
 
-    report = environment_report()
-    print(json.dumps(report, indent=2))
-    return 0 if report["smollm2_gguf"] else 1
+    if args.json:
+        print(json.dumps(environment_report(), indent=2))
+    text, status = verdict(requirements())
+    print(text)
+    return status
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -79,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         for name, (target, help_text) in table.items():
             grouped.add_parser(name, help=help_text, add_help=False).set_defaults(target=target,
                                                                                    prog=f"f2llm {group} {name}")
-    sub.add_parser("check", help="the environment report (setup check)").set_defaults(func=_check)
+    check = sub.add_parser("check", help="the setup check: one line per requirement, PASS or FAIL with the fix")
+    check.add_argument("--json", action="store_true", help="also print the environment report as JSON")
+    check.set_defaults(func=_check)
     embed = sub.add_parser("embed", help="embed texts and print their cosine similarities")
     embed.add_argument("texts", nargs="+")
     embed.add_argument("--model", default="smollm2-135m", help="smollm2-135m, tiny-qwen3, a hub id or a folder")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -22,6 +23,7 @@ import nbformat
 import yaml
 
 from ..paths import REPO_ROOT
+from ..typed import from_mapping
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PARAMS_DIR = REPO_ROOT / "ci" / "params"
@@ -79,32 +81,23 @@ def read_parameters(notebook: Path) -> dict[str, Parameter]:
     return params
 
 
-def _type_ok(value: Any, type_name: str) -> bool:
-    expected = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}.get(type_name)
-    if expected is None:
-        return True  # lists, dicts and optional types are not checked beyond being YAML literals
-    if isinstance(value, bool) and type_name != "bool":
-        return False  # bool is an int subclass; True for an int parameter is almost surely a mistake
-    return isinstance(value, expected)
+# Annotations a parameters cell may use, and the types they check (anything else is taken as it comes).
+_ANNOTATIONS = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def parameters_class(notebook: Path) -> type:
+    """The notebook's parameters as a dataclass (name, annotation, literal default), for the library's one typed
+    loader: a profile is checked like any other config."""
+    declared = read_parameters(notebook)
+    specs = [(name, _ANNOTATIONS.get(p.type_name, Any), dataclasses.field(default=p.default))
+             for name, p in declared.items()]
+    return dataclasses.make_dataclass(f"{notebook.stem}_parameters", specs)
 
 
 def validate_parameters(notebook: Path, values: dict[str, Any], source: str = "parameters") -> dict[str, Any]:
     """Check ``values`` against the notebook's declared parameters; raise naming the notebook and the key."""
-    declared = read_parameters(notebook)
-    for key, value in values.items():
-        if key not in declared:
-            close = [n for n in declared if n.lower() == key.lower() or n.lower().startswith(key.lower()[:4])]
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise NotebookParameterError(
-                f"{notebook.name}: unknown parameter {key!r} (from {source}).{hint} "
-                f"Known parameters: {', '.join(sorted(declared))}."
-            )
-        param = declared[key]
-        if not _type_ok(value, param.type_name):
-            raise NotebookParameterError(
-                f"{notebook.name}: parameter {key!r} (from {source}) must be {param.type_name}, "
-                f"got {type(value).__name__} {value!r}."
-            )
+    from_mapping(parameters_class(notebook), values, f"{notebook.name} (from {source})", NotebookParameterError,
+                 noun="parameter")
     return values
 
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import yaml
+
+from ..typed import from_mapping, rule
+
+# Choices defined once: the loader checks its own arguments against the same types.
+Sampling = Literal["per_query", "released"]
+Padding = Literal["sorted", "single"]
 
 
 class ConfigError(ValueError):
@@ -14,45 +21,70 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
+    # Names other trainers (transformers, sentence-transformers, F2LLM's released arguments) give these settings.
+    KEY_ALIASES: ClassVar[dict[str, str]] = {
+        "learning_rate": "lr", "min_learning_rate": "min_lr", "batch_size": "per_device_batch",
+        "per_device_train_batch_size": "per_device_batch", "train_batch_size": "per_device_batch",
+        "gradient_accumulation_steps": "grad_accum", "warmup": "warmup_steps", "max_seq_length": "max_length",
+        "max_seq_len": "max_length", "steps": "max_steps", "tau": "temperature", "model_path": "model",
+        "bf16": "mixed_precision", "train_data_path": "data_dir", "seed_value": "seed"}
     model: str = "smollm2-135m"  # smollm2-135m, tiny-qwen3, a hub id or a local folder
-    num_layers: int = 0  # keep only the first k decoder layers (0: all)
+    # keep only the first k decoder layers (0: all)
+    num_layers: int = field(default=0, metadata=rule(lambda v: v >= 0, "0 (all) or positive"))
     data_dir: str = "runs/data/pycode/tokenized"  # output of the data pipeline (corpus.parquet, queries/)
     output_dir: str = "runs/train"
-    max_steps: int = 100  # optimizer steps (and the length of the LR schedule); the loader cycles epochs as needed
-    stop_after: int = 0  # stop after this many steps of the same schedule (0: run to max_steps); for comparisons
-    per_device_batch: int = 8  # queries per process per micro-batch (F2LLM: 16)
-    num_negatives: int = 7  # hard negatives sampled per query from the stored ones (F2LLM: 7 retrieval)
-    clustering_negatives: int = 0  # negatives per clustering query (F2LLM-v2: 9; 0: num_negatives); classification: 1
-    sampling: str = "per_query"  # per_query, or released: F2LLM's fixed dataset weights + one negative draw per batch
-    padding: str = "sorted"  # sorted: texts run in groups of similar length; single: one pad length (F2LLM's collate)
-    max_padding: float = 0.05  # sorted: the fewest groups that waste at most this fraction of the tokens run
-    grad_accum: int = 1
-    lr: float = 2e-5  # F2LLM-4B: 8e-6
+    # optimizer steps (and the length of the LR schedule); the loader cycles epochs as needed
+    max_steps: int = field(default=100, metadata=rule(
+        lambda v: v >= 1, "at least 1 (0 steps would export the untrained backbone)"))
+    # stop after this many steps of the same schedule (0: run to max_steps); for comparisons
+    stop_after: int = field(default=0, metadata=rule(lambda v: v >= 0, "0 (off) or positive"))
+    # queries per process per micro-batch (F2LLM: 16)
+    per_device_batch: int = field(default=8, metadata=rule(lambda v: v >= 1, "at least 1"))
+    # hard negatives sampled per query from the stored ones (F2LLM: 7 retrieval)
+    num_negatives: int = field(default=7, metadata=rule(lambda v: v >= 0, "0 or more"))
+    # negatives per clustering query (F2LLM-v2: 9; 0: num_negatives); classification: 1
+    clustering_negatives: int = field(default=0, metadata=rule(lambda v: v >= 0, "0 or more"))
+    # per_query, or released: F2LLM's fixed dataset weights + one negative draw per batch
+    sampling: Sampling = "per_query"
+    # sorted: texts run in groups of similar length; single: one pad length (F2LLM's collate)
+    padding: Padding = "sorted"
+    # sorted: the fewest groups that waste at most this fraction of the tokens run
+    max_padding: float = field(default=0.05, metadata=rule(lambda v: 0 < v < 1, "in (0, 1)"))
+    grad_accum: int = field(default=1, metadata=rule(lambda v: v >= 1, "at least 1"))
+    # F2LLM-4B: 8e-6
+    lr: float = field(default=2e-5, metadata=rule(lambda v: v > 0, "positive"))
     min_lr: float = 1e-7
-    warmup_steps: int = 10
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.98
-    grad_clip: float = 1.0
-    temperature: float = 0.05
+    warmup_steps: int = field(default=10, metadata=rule(lambda v: v >= 0, "0 or more"))
+    weight_decay: float = field(default=0.01, metadata=rule(lambda v: v >= 0, "0 or more"))
+    beta1: float = field(default=0.9, metadata=rule(lambda v: 0 <= v < 1, "in [0, 1)"))
+    beta2: float = field(default=0.98, metadata=rule(lambda v: 0 <= v < 1, "in [0, 1)"))
+    grad_clip: float = field(default=1.0, metadata=rule(lambda v: v >= 0, "0 (off) or positive"))
+    temperature: float = field(default=0.05, metadata=rule(
+        lambda v: v > 0, "positive (logits are cosine / temperature)"))
     mrl: bool = False  # F2LLM-v2 Matryoshka levels
-    loss_impl: str = "auto"
+    loss_impl: Literal["auto", "reference", "chunked", "triton"] = "auto"
     stop_grad_gather: bool = False  # True reproduces the released code's non-differentiable gather
-    mixed_precision: str = "no"  # no, bf16, fp16 (GPU)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # no, bf16, fp16 (GPU)
     gradient_checkpointing: bool = False
-    max_length: int = 0  # tokens per text, EOS last (F2LLM: 1024); at most the data's; 0: the data's own
-    val_fraction: float = 0.01
+    # tokens per text, EOS last (F2LLM: 1024); at most the data's; 0: the data's own
+    max_length: int = field(default=0, metadata=rule(
+        lambda v: v == 0 or v >= 2, "0 (the data's) or at least 2 (text + EOS)"))
+    val_fraction: float = field(default=0.01, metadata=rule(lambda v: 0 <= v < 1, "in [0, 1)"))
     val_batches: int = 8  # validation batches per dataset at each evaluation (0: every held-out row)
-    eval_every: int = 50
-    save_every: int = 50
-    log_every: int = 1
-    seed: int = 0
+    eval_every: int = field(default=50, metadata=rule(lambda v: v >= 1, "at least 1"))
+    save_every: int = field(default=50, metadata=rule(lambda v: v >= 1, "at least 1"))
+    log_every: int = field(default=1, metadata=rule(lambda v: v >= 1, "at least 1"))
+    seed: int = field(default=0, metadata=rule(lambda v: v >= 0, "0 or more"))
     divergence_guard: bool = True  # stop on a non-finite loss or collapsed embeddings (see train/guard.py)
     teacher: str = ""  # distillation teacher (F2LLM-v2): minilm (offline), a sentence-transformers id or folder
-    distill_weight: float = 1.0  # weight of the distillation term (F2LLM-v2: 1.0)
-    distill_loss: str = "mse"  # mse (F2LLM-v2: student's prefix vs teacher) or kl (batch similarity distributions)
-    lora_rank: int = 0  # LoRA adapters of this rank on lora_targets instead of full finetuning (0: off)
-    lora_alpha: float = 32.0  # LoRA scaling numerator (scale = alpha / rank)
+    # weight of the distillation term (F2LLM-v2: 1.0)
+    distill_weight: float = field(default=1.0, metadata=rule(lambda v: v >= 0, "0 or more"))
+    # mse (F2LLM-v2: student's prefix vs teacher) or kl (batch similarity distributions)
+    distill_loss: Literal["mse", "kl"] = "mse"
+    # LoRA adapters of this rank on lora_targets instead of full finetuning (0: off)
+    lora_rank: int = field(default=0, metadata=rule(lambda v: v >= 0, "0 (off) or more"))
+    # LoRA scaling numerator (scale = alpha / rank)
+    lora_alpha: float = field(default=32.0, metadata=rule(lambda v: v > 0, "positive"))
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # attention and MLP projections
     allow_pickled_checkpoints: bool = False  # resume DeepSpeed checkpoints (DeepSpeed unpickles them): yours only
 
@@ -74,52 +106,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> TrainConfig:
-        known = {f.name: f for f in fields(cls)}
-        for key, value in data.items():
-            if key not in known:
-                raise ConfigError(f"{source}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
-            expected = type(known[key].default)
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                data[key] = float(value)
-            elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-                raise ConfigError(f"{source}: key {key!r} must be {expected.__name__}, got {type(value).__name__}")
-        config = cls(**data)
-        if config.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ConfigError(f"{source}: mixed_precision must be no, bf16 or fp16")
-        if config.sampling not in ("per_query", "released"):
-            raise ConfigError(f"{source}: sampling must be per_query or released, got {config.sampling!r}")
-        if config.distill_loss not in ("mse", "kl"):
-            raise ConfigError(f"{source}: distill_loss must be mse or kl, got {config.distill_loss!r}")
-        if config.padding not in ("sorted", "single"):
-            raise ConfigError(f"{source}: padding must be sorted or single, got {config.padding!r}")
-        config._check_ranges(source)
-        return config
+        """A config from a mapping: unknown keys, wrong types and values that would train nothing (or garbage) are
+        errors naming the key, before any model loads."""
+        return from_mapping(cls, data, source, ConfigError)
 
-    def _check_ranges(self, source: str) -> None:
-        """Values that would train nothing, or garbage, are errors now, before any model loads."""
-        rules = [
-            (self.max_steps >= 1, "max_steps", "at least 1 (0 steps would export the untrained backbone)"),
-            (self.per_device_batch >= 1, "per_device_batch", "at least 1"),
-            (self.grad_accum >= 1, "grad_accum", "at least 1"),
-            (self.num_negatives >= 0, "num_negatives", "0 or more"),
-            (self.clustering_negatives >= 0, "clustering_negatives", "0 or more"),
-            (self.lr > 0, "lr", "positive"),
-            (0 <= self.min_lr <= self.lr, "min_lr", f"between 0 and lr ({self.lr})"),
-            (self.warmup_steps >= 0, "warmup_steps", "0 or more"),
-            (self.temperature > 0, "temperature", "positive (logits are cosine / temperature)"),
-            (0 <= self.val_fraction < 1, "val_fraction", "in [0, 1)"),
-            (0 < self.max_padding < 1, "max_padding", "in (0, 1)"),
-            (self.distill_weight >= 0, "distill_weight", "0 or more"),
-            (self.lora_rank >= 0 and self.lora_alpha > 0, "lora_rank/lora_alpha", "rank >= 0 (0: off), alpha > 0"),
-            (self.max_length == 0 or self.max_length >= 2, "max_length", "0 (the data's) or at least 2 (text + EOS)"),
-            (self.grad_clip >= 0, "grad_clip", "0 (off) or positive"),
-            (self.eval_every >= 1 and self.save_every >= 1 and self.log_every >= 1, "eval_every/save_every/log_every",
-             "at least 1"),
-            (self.stop_after >= 0, "stop_after", "0 (off) or positive"),
-            (self.num_layers >= 0, "num_layers", "0 (all) or positive"),
-            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1/beta2", "in [0, 1)"),
-        ]
-        for ok, key, expected in rules:
-            if not ok:
-                value = ", ".join(str(getattr(self, k)) for k in key.split("/"))
-                raise ConfigError(f"{source}: {key} must be {expected}, got {value}")
+    def cross_checks(self):
+        yield 0 <= self.min_lr <= self.lr, "min_lr", f"between 0 and lr ({self.lr})"

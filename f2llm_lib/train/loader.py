@@ -32,12 +32,8 @@ import torch
 
 from ..data.tokenized import TokenizedData, TokenizedDataError
 from ..embedder.tokenization import PaddedGroup
-
-SAMPLING = ("per_query", "released")
-
-
-PADDING = ("sorted", "single")
-
+from ..typed import check_choice
+from .config import Padding, Sampling
 
 Chunk = PaddedGroup  # the loader's name for a group of texts padded together
 
@@ -145,10 +141,9 @@ class MultitaskLoader:
                  rank: int = 0, world_size: int = 1, seed: int = 0, val_fraction: float = 0.01,
                  max_length: int | None = None, sampling: str = "per_query", clustering_negatives: int = 0,
                  eos_id: int | None = None, padding: str = "sorted", max_padding: float = 0.05) -> None:
-        if sampling not in SAMPLING:
-            raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
-        if padding not in PADDING:
-            raise ValueError(f"padding must be one of {PADDING}, got {padding!r}")
+        # the same choices as TrainConfig's (one definition), for callers that build a loader directly
+        check_choice(sampling, Sampling, "sampling", ValueError)
+        check_choice(padding, Padding, "padding", ValueError)
         self.padding, self.max_padding = padding, max_padding
         self.data = TokenizedData(data_dir)
         self.data_dir = Path(data_dir)
