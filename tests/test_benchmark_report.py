@@ -23,3 +23,25 @@ def test_gpu_run_names_its_machine_and_versions():
 def test_readme_cpu_section_is_generated_from_the_committed_csvs():
     assert readme_block(start=CPU_START, end=CPU_END) == cpu_section(), "README drifted: run `make readme-report`"
     assert "loader start" in cpu_section()
+
+
+def test_executed_copies_and_recorded_results_are_the_readme_runs():
+    """Teachers read docs/executed/ before a workshop, and notebook 02 shows docs/recorded/ where Triton does not
+    import: both come from the run the README's block quotes (make readme-report writes all three), and the copies
+    show no machine's absolute paths."""
+    import json
+    import re
+
+    from f2llm_lib.paths import NOTEBOOK_DIR, REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    run = re.search(r"From `make run` \((\S+?)\)", readme).group(1)
+    executed = REPO_ROOT / "docs" / "executed"
+    assert (executed / "RUN").read_text().strip() == run, "docs/executed/ drifted from the README: make readme-report"
+    recorded = json.loads((REPO_ROOT / "docs" / "recorded" / "02_fused_contrastive_loss.json").read_text())
+    assert recorded["run"] == run
+    for notebook in sorted(NOTEBOOK_DIR.glob("*.ipynb")):
+        text = (executed / notebook.name).read_text()
+        absolute = re.search(r"(/tmp/|/root/|/home/|/Users/|/work/)[^\s\"']*", text)
+        assert not absolute, f"{notebook.name} shows a machine path: {absolute.group(0)}"
+        assert '"output_type"' in text, f"{notebook.name}: no outputs (an executed copy is what teachers read)"

@@ -129,3 +129,64 @@ def test_plain_papermill_from_the_repository_root_writes_inside_the_repository(t
     assert out.returncode == 0, out.stderr[-3000:]
     assert expected.resolve().is_file(), "results.json must land in <repo>/runs/interactive/, not outside the repo"
     assert (outside.stat().st_mtime if outside.exists() else None) == before, "wrote outside the repository"
+
+
+@pytest.mark.notebooks
+def test_lab_style_without_triton_every_notebook_runs_and_04_finds_03s_model(tmp_path, monkeypatch):
+    """As a learner on a laptop without Triton (macOS) runs the smoke-sized notebooks in JupyterLab: one after
+    another, each with its own defaults (no chained parameter), writing to sibling folders as runs/interactive/ does,
+    from a working directory that is neither the repository nor notebooks/, with ``import triton`` failing in the
+    kernel and in every process it starts. Every notebook must finish; 02 shows the recorded Triton results; 03 must
+    train on 01's data with 01's backbone; 04 must find 03's model, evaluate base against finetuned at the
+    checkpoint's depth, and score 03's run on the curve."""
+    import papermill
+
+    from f2llm_lib.embedder.backbones import layer_count
+    from f2llm_lib.tooling.notebook_runner import all_notebooks, load_profile
+
+    blocker = tmp_path / "blocker" / "triton"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('triton is blocked for this test, as on macOS')\n")
+    monkeypatch.setenv("PYTHONPATH", str(blocker.parent))  # inherited by the kernels and the training processes
+    interactive = tmp_path / "interactive"
+    results = {}
+    for notebook in all_notebooks():
+        parameters = {**load_profile("smoke", notebook), "OUTPUT_DIR": str(interactive / notebook.stem)}
+        papermill.execute_notebook(str(notebook), str(tmp_path / notebook.name), parameters=parameters,
+                                   kernel_name="f2llm", cwd=str(tmp_path), progress_bar=False)
+        results[notebook.stem] = json.loads((interactive / notebook.stem / "results.json").read_text())
+    kernels = results["02_fused_contrastive_loss"]
+    assert kernels["triton"] is False and len(kernels["steps"]) == 4 and kernels["compiled_kernels_sm90"] == []
+    assert {"reference", "chunked", "triton"} <= {row["impl"] for row in kernels["accuracy_table"]}
+    assert "[skipped] Triton does not import" in (tmp_path / "02_fused_contrastive_loss.ipynb").read_text()
+    curation, training, evaluation = (results[s] for s in ("01_data_curation", "03_multi_gpu_finetuning",
+                                                           "04_mteb_evaluation"))
+    assert training["data_dir"] == curation["tokenized_dir"] and training["backbone"] == curation["backbone"]
+    assert evaluation["checkpoint"] == training["checkpoint"]
+    assert evaluation["num_layers"] == layer_count(training["checkpoint"])
+    models = {row["model"] for row in evaluation["rows"]}
+    assert {"base (untrained)", "finetuned"} <= models, models
+    assert evaluation["curve"], "04 scores the checkpoints of 03's run"
+    assert "CHECKPOINT is empty: taking" in (tmp_path / "04_mteb_evaluation.ipynb").read_text()
+
+
+def test_a_new_run_folder_each_time_and_none_removed(tmp_path):
+    from f2llm_lib.train.launch import new_run_dir
+
+    first = new_run_dir(tmp_path, "correct")
+    (first / "metrics.jsonl").write_text("finished\n")
+    second, third = new_run_dir(tmp_path, "correct"), new_run_dir(tmp_path, "correct")  # within the same second
+    assert len({first, second, third}) == 3 and (first / "metrics.jsonl").read_text() == "finished\n"
+    for path in NOTEBOOK_DIR.glob("*.ipynb"):
+        assert "rmtree" not in path.read_text() and "fresh_run_dir" not in path.read_text(), path.name
+
+
+@pytest.mark.parametrize("where", ["repository", "notebooks", "elsewhere"])
+def test_path_parameters_mean_the_same_from_any_working_directory(tmp_path, monkeypatch, where):
+    from f2llm_lib.paths import notebook_path
+
+    monkeypatch.chdir({"repository": REPO_ROOT, "notebooks": NOTEBOOK_DIR, "elsewhere": tmp_path}[where])
+    assert notebook_path("../runs/interactive/01_data_curation/data/tokenized") == \
+        REPO_ROOT / "runs" / "interactive" / "01_data_curation" / "data" / "tokenized"
+    assert notebook_path("") is None and notebook_path(tmp_path / "x") == tmp_path / "x"
+    assert notebook_path("data.jsonl") == NOTEBOOK_DIR / "data.jsonl", "relative to notebooks/, as OUTPUT_DIR is"

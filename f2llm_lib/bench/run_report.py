@@ -135,7 +135,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--update-readme", action="store_true")
     args = parser.parse_args(argv)
     if args.update_readme:
+        from ..teaching.recorded import record
+
         print(update_readme(args.run_dir))
+        # the same run's Triton results, shown by notebook 02 where Triton does not import (e.g. macOS)
+        print("recorded:", ", ".join(str(p) for p in record(args.run_dir or latest_run())))
     else:
         if args.run_dir is None:
             parser.error("give a run folder, or --update-readme")

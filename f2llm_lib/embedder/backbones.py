@@ -191,6 +191,18 @@ def _not_found(spec: str, local: bool, exc: Exception) -> str:
             f"not be loaded (no network, or no such model): {str(exc).splitlines()[0][:160]}")
 
 
+def layer_count(folder: str | Path) -> int | None:
+    """The number of decoder layers of a saved model (its ``config.json``; a sentence-transformers export keeps it
+    at the top): what a checkpoint was trained with. None when the folder has no readable config."""
+    import json
+
+    config = Path(folder) / "config.json"
+    try:
+        return int(json.loads(config.read_text())["num_hidden_layers"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def save_architecture(spec: str, out_dir: str | Path) -> Path:
     """Write ``spec``'s config and tokenizer, without weights, to ``out_dir`` (for a machine the weights can't
     reach, e.g. a GPU machine without network: ``random_init`` there gives a same-shaped model to time)."""

@@ -24,24 +24,16 @@ import yaml
 
 from ..paths import REPO_ROOT
 from ..typed import from_mapping
+from .chain import CHAIN
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PARAMS_DIR = REPO_ROOT / "ci" / "params"
 RUNS_DIR = REPO_ROOT / "runs"
-PROFILES = ("smoke", "cpu", "gpu", "gpu-qwen3")
+PROFILES = ("smoke", "cpu", "workshop", "gpu", "gpu-qwen3")
 KERNEL_NAME = "f2llm"
 # Set by the runner itself on every run; a notebook must declare it in its parameters cell.
 RUNNER_PARAMETERS = ("OUTPUT_DIR",)
-# The main job chains notebooks: parameter <- (earlier notebook, key of its results.json), applied when that
-# notebook ran earlier in the same run and the profile does not set the parameter itself.
-CHAIN = {
-    "03_multi_gpu_finetuning": {"DATA_DIR": ("01_data_curation", "tokenized_dir"),
-                                "BACKBONE": ("01_data_curation", "backbone")},
-    "04_mteb_evaluation": {"CHECKPOINT": ("03_multi_gpu_finetuning", "checkpoint"),
-                           "RUN_DIR": ("03_multi_gpu_finetuning", "run_dir"),
-                           "BACKBONE": ("03_multi_gpu_finetuning", "backbone"),
-                           "NUM_LAYERS": ("03_multi_gpu_finetuning", "num_layers")},
-}
+# The main job chains notebooks through their results.json (see tooling.chain).
 
 
 class NotebookParameterError(ValueError):
@@ -169,7 +161,7 @@ def all_notebooks() -> list[Path]:
 
 
 def run_profile(profile: str, notebooks: list[Path] | None = None, run_dir: Path | None = None,
-                cell_timeout: int = 600, kernel_name: str = KERNEL_NAME) -> Path:
+                cell_timeout: int = 600, kernel_name: str = KERNEL_NAME, report: bool = True) -> Path:
     """Run notebooks in order with a profile; return the run folder. Validates all profiles first."""
     notebooks = notebooks or all_notebooks()
     missing = [str(nb) for nb in notebooks if not Path(nb).is_file()]
@@ -192,7 +184,7 @@ def run_profile(profile: str, notebooks: list[Path] | None = None, run_dir: Path
         timings[nb.name] = round(time.perf_counter() - start, 1)
         print(f"[run_notebooks] {nb.name} done in {timings[nb.name]} s -> {executed}", flush=True)
         (run_dir / "timings.json").write_text(json.dumps({"profile": profile, "seconds": timings}, indent=2))
-    if (run_dir / "04_mteb_evaluation" / "results.json").exists():
+    if report and (run_dir / "04_mteb_evaluation" / "results.json").exists():
         from ..bench.run_report import write_run_report
 
         write_run_report(run_dir)
@@ -220,6 +212,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--profile", default="cpu", choices=PROFILES)
     parser.add_argument("--run-dir", type=Path, help="where executed copies go (default: runs/<timestamp>)")
     parser.add_argument("--cell-timeout", type=int, default=900, help="seconds per cell before failing")
+    parser.add_argument("--no-report", action="store_true", help="write no run report (e.g. into runs/interactive)")
     parser.add_argument("--kernel", default=KERNEL_NAME, help="Jupyter kernel name (make registers 'f2llm')")
     parser.add_argument("--quiet", action="store_true", help="do not stream the notebooks' cell outputs")
     args = parser.parse_args(argv)
@@ -231,7 +224,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         logger.setLevel(logging.INFO)
     try:
         run_dir = run_profile(args.profile, [p.resolve() for p in args.notebooks] or None, args.run_dir,
-                              args.cell_timeout, args.kernel)
+                              args.cell_timeout, args.kernel, report=not args.no_report)
     except (NotebookParameterError, NotebookRunError) as exc:
         print(f"[run_notebooks] ERROR: {exc}", file=sys.stderr)
         return 1

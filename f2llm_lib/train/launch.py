@@ -6,10 +6,10 @@ CUDA has been touched there. A subprocess has no such problem and is exactly wha
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -53,11 +53,18 @@ def launch_training(config_path: str | Path, num_processes: int, overrides: dict
     return lines
 
 
-def fresh_run_dir(path: str | Path) -> Path:
-    """An empty folder for a new run: a notebook executed again starts its runs over (the trainer itself refuses to
-    train into a folder that holds a run without --resume). Says what it removes."""
-    path = Path(path)
-    if path.exists():
-        print(f"[launch] removing the previous run in {path}", flush=True)
-        shutil.rmtree(path)
-    return path
+def new_run_dir(parent: str | Path, name: str) -> Path:
+    """A new, empty folder for one training run, ``parent/<name>-<YYYYmmdd-HHMMSS>[-n]``: a notebook cell run again
+    starts a new run beside the finished ones and never deletes them (a later notebook may be reading them). The
+    folder is created here, so two runs started in the same second still get two folders."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1000):
+        folder = parent / (f"{name}-{stamp}" if attempt == 0 else f"{name}-{stamp}-{attempt}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise RuntimeError(f"{parent}: no free run folder name for {name}-{stamp}")
