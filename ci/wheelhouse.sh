@@ -43,7 +43,8 @@ case "$TARGET" in
     TORCH_INDEX=(--index-url https://download.pytorch.org/whl/cpu) ;;
   macos-arm64)
     PLATFORMS=()
-    for minor in 15 14 13 12 11; do PLATFORMS+=(--platform "macosx_${minor}_0_arm64"); done
+    # macOS 14 (Sonoma) or newer: torch's arm64 wheel needs it; no wheel needing a newer macOS is taken
+    for minor in 14 13 12 11; do PLATFORMS+=(--platform "macosx_${minor}_0_arm64"); done
     PLATFORMS+=(--platform macosx_11_0_universal2 --platform macosx_10_9_universal2)
     TORCH_INDEX=() ;;
   *) echo "--target must be linux-x86_64 or macos-arm64, got $TARGET" >&2; exit 2 ;;
