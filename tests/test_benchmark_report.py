@@ -40,6 +40,9 @@ def test_executed_copies_and_recorded_results_are_the_readme_runs():
     assert (executed / "RUN").read_text().strip() == run, "docs/executed/ drifted from the README: make readme-report"
     recorded = json.loads((REPO_ROOT / "docs" / "recorded" / "02_fused_contrastive_loss.json").read_text())
     assert recorded["run"] == run
+    workshop = (REPO_ROOT / "docs" / "WORKSHOP.md").read_text()
+    times = workshop.split("<!-- workshop-times:start -->")[1].split("<!-- workshop-times:end -->")[0]
+    assert f"`make run` ({run})" in times, "the workshop's times drifted from the README's run: make readme-report"
     for notebook in sorted(NOTEBOOK_DIR.glob("*.ipynb")):
         text = (executed / notebook.name).read_text()
         absolute = re.search(r"(/tmp/|/root/|/home/|/Users/|/work/)[^\s\"']*", text)

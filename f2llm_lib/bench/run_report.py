@@ -117,15 +117,31 @@ def update_readme(run_dir: Path | None = None, readme: Path = REPO_ROOT / "READM
                        "| step | minutes | score |", "|---|---|---|"]
         curve_lines += [f"| {r['step']} | {r['minutes']} | {r['score']} |" for r in curve]
     block = "\n".join([README_START, "", f"From `make run` ({run_dir.name}), {report['created']}, on "
-                       f"{report['machine']}; all notebooks took {seconds} s.", "", table, "",
+                       f"{report['machine']}; all notebooks took {seconds} s (the `cpu` profile: the notebooks' own "
+                       "defaults, which are also the `workshop` profile).", "", table, "",
                        *report.get("summary", [])[:1], "", *times, *curve_lines, "",
                        *report.get("summary", [])[1:], "", README_END])
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         raise ValueError(f"{readme}: add the markers {README_START} and {README_END} where the table goes")
     head, rest = text.split(README_START, 1)
-    readme.write_text(head + block + rest.split(README_END, 1)[1])
+    atomic_write_text(readme, head + block + rest.split(README_END, 1)[1])
+    _replace_block(WORKSHOP, WORKSHOP_START, WORKSHOP_END, "\n".join([
+        f"Measured by `make run` ({run_dir.name}) on {report['machine']}: what each notebook computes with its "
+        "defaults, without the time spent reading and discussing it.", "", *times]))
     return block
+
+
+WORKSHOP = REPO_ROOT / "docs" / "WORKSHOP.md"
+WORKSHOP_START, WORKSHOP_END = "<!-- workshop-times:start -->", "<!-- workshop-times:end -->"
+
+
+def _replace_block(path: Path, start: str, end: str, body: str) -> None:
+    text = path.read_text()
+    if start not in text or end not in text:
+        raise ValueError(f"{path}: add the markers {start} and {end} where the block goes")
+    head, rest = text.split(start, 1)
+    atomic_write_text(path, head + start + "\n\n" + body + "\n\n" + end + rest.split(end, 1)[1])
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
