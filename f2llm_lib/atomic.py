@@ -47,13 +47,6 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
     return Path(path)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically; return ``path``."""
-    with atomic_file(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
-
-
 @contextlib.contextmanager
 def atomic_folder(path: str | Path, *, replace: bool = True, keep_existing: bool = False,
                   prefix: str = "") -> Iterator[Path]:

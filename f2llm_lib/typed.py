@@ -29,7 +29,7 @@ import dataclasses
 import difflib
 import reprlib
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
@@ -252,17 +252,8 @@ def check(obj: Any, where: str | None = None, error: type[Exception] = SettingsE
     _cross_checks(obj, where, "", error)
 
 
-def choices(hint: Any) -> tuple:
-    """The values of a ``Literal`` annotation (one definition of a setting's choices)."""
-    return get_args(hint)
-
-
 def check_choice(value: Any, hint: Any, name: str, error: type[Exception] = SettingsError) -> Any:
     """``value`` if it is one of ``Literal`` ``hint``'s choices, else ``error`` naming ``name`` and the choices."""
     if value in get_args(hint) and isinstance(value, str):
         return value
     raise error(f"{name} must be {describe(hint)}, got {short(value)}{_trap(value, describe(hint))}")
-
-
-def field_names(cls: type) -> Iterable[str]:
-    return (f.name for f in dataclasses.fields(cls))
