@@ -210,3 +210,38 @@ def test_large_batch_tile_shape_changes_nothing_but_speed(monkeypatch):
 def test_bad_tile_spec_is_explained(spec):
     with pytest.raises(ValueError, match="tile spec"):
         TileShape.parse(spec)
+
+
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+def test_the_loss_keeps_float32_inside_an_autocast_region(impl):
+    """Mixed-precision training computes the loss near autocast regions: the result and the gradients are the
+    float32 ones, not bf16 GEMMs' (and nothing fails on a float32 buffer written with bf16 values)."""
+    q, p, n, _ = _inputs(9, 40, 3, 0, dtype=torch.float32)
+    q.requires_grad_(True)
+    expected = contrastive_loss(q, p, n, impl=impl, mrl_dims="f2llm_v2")
+    (grad_q,) = torch.autograd.grad(expected, q)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        loss = contrastive_loss(q, p, n, impl=impl, mrl_dims="f2llm_v2")
+        if impl == "chunked":  # its own backward (the trainer's CPU path) keeps float32 even inside the region
+            (inside_q,) = torch.autograd.grad(loss, q, retain_graph=True)
+            assert torch.equal(inside_q, grad_q)
+    # the reference is plain autograd: as PyTorch advises, its backward runs outside the region
+    (outside_q,) = torch.autograd.grad(loss, q)
+    assert loss.dtype == torch.float32 and torch.equal(loss, expected) and torch.equal(outside_q, grad_q)
+
+
+def test_grouped_forward_leaves_autocast_as_it_found_it():
+    """The encoder runs a step's groups inside one forward without re-entering a mixed-precision wrapper, which left
+    autocast switched on after the call (and so the loss in bf16)."""
+    from accelerate import Accelerator
+
+    from f2llm_lib.embedder.backbones import load_backbone
+    from f2llm_lib.embedder.model import F2LLMEncoder
+    from f2llm_lib.embedder.tokenization import PaddedGroup
+
+    model, tokenizer = load_backbone("tiny-qwen3")
+    encoder = Accelerator(mixed_precision="bf16", cpu=True).prepare(F2LLMEncoder(model.train(), tokenizer, 32))
+    ids = torch.randint(5, 100, (3, 6))
+    group = PaddedGroup(ids, torch.ones_like(ids), torch.full((3,), 6), torch.arange(3))
+    out = encoder(chunks=[group])
+    assert out.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")

@@ -412,3 +412,25 @@ def test_a_cell_timeout_names_the_cell(tmp_path):
 
     with pytest.raises(NotebookRunError, match="timed out at .*time.sleep|timed out at .*import time"):
         run_notebook(path, tmp_path / "run", {}, cell_timeout=3)
+
+
+def test_only_the_newest_checkpoints_are_kept_and_resume_uses_them(tmp_path, data_dir, capsys):
+    """F2LLM-scale runs would fill a disk with optimizer states: keep_checkpoints keeps the newest complete ones."""
+    config = _config(tmp_path, data_dir, max_steps=6, keep_checkpoints=2)
+    _train(tmp_path, {**config, "stop_after": 4})
+    folder = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["step_3", "step_4"]
+    assert "kept the newest 2 checkpoints; removed step_1" in capsys.readouterr().out
+    _train(tmp_path, config, resume=True)  # stop_after is cadence: the same run, continued
+    printed = capsys.readouterr()
+    assert "resumed from" in printed.out and "step_4" in printed.out.split("resumed from")[1].splitlines()[0]
+    assert sorted(p.name for p in folder.iterdir()) == ["step_5", "step_6"]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_keep_checkpoints_zero_keeps_every_one_and_negative_is_refused(tmp_path, data_dir):
+    _train(tmp_path, _config(tmp_path, data_dir, max_steps=4, keep_checkpoints=0))
+    assert len(list((tmp_path / "run" / "checkpoints").iterdir())) == 4
+    with pytest.raises(ConfigError, match="keep_checkpoints must be 0 \\(keep all\\) or more, got -1"):
+        TrainConfig.from_dict({"keep_checkpoints": -1})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -144,3 +145,19 @@ def test_config_rejects_unknown_keys_and_wrong_types(tmp_path):
         TrainConfig.from_dict({"learning_rate": 1e-4})
     with pytest.raises(ConfigError, match="max_steps must be int, got str"):
         TrainConfig.from_dict({"max_steps": "10"})
+
+
+def test_precision_follows_the_launcher_unless_the_config_sets_it(tmp_path, data_dir):
+    """`accelerate launch --mixed_precision bf16` with no mixed_precision in the config trains in bf16 (the summary
+    says so); a config value wins over the launcher and the run says that it did."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+              "--mixed_precision", "bf16", "--dynamo_backend", "no", "-m", "f2llm_lib.train", "--no-export"]
+    out = _run([*launch, "--config", _config(tmp_path, data_dir, output_dir=str(tmp_path / "launched"),
+                                             max_steps=2)])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["precision"] == "bf16"
+    out = _run([*launch, "--config", _config(tmp_path, data_dir, output_dir=str(tmp_path / "config"), max_steps=2,
+                                             mixed_precision="no")])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["precision"] == "no"
+    assert "the config's 'no' overrides the launcher's 'bf16'" in out.stdout + out.stderr

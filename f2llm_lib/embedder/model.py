@@ -42,10 +42,16 @@ class F2LLMEncoder(torch.nn.Module):
         inside this one call (one DDP forward, one backward), returned in batch order."""
         if chunks is not None:
             device = self.device
-            embeddings = torch.cat([self(c.input_ids.to(device), c.attention_mask.to(device), c.lengths.to(device))
-                                    for c in chunks])
+            # Each group through _embed, not self(...): a call back into forward would re-enter the wrapper that
+            # mixed precision puts around it (accelerate's autocast), which then stays switched on after this
+            # call returns and runs the loss in bf16.
+            embeddings = torch.cat([self._embed(c.input_ids.to(device), c.attention_mask.to(device),
+                                                c.lengths.to(device)) for c in chunks])
             positions = torch.cat([c.positions for c in chunks]).to(device)
             return embeddings[torch.argsort(positions)]
+        return self._embed(input_ids, attention_mask, lengths)
+
+    def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.pooling == "last_token":
             pooled = last_token_pool(hidden, lengths)

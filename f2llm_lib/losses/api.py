@@ -93,6 +93,15 @@ def contrastive_loss(
     Returns the mean over local queries; in a multi-process run, averaging parameter gradients over ranks
     (as DDP does) gives the gradient of the mean over all queries of all ranks.
     """
+    # The loss keeps its own precision (softmax statistics in float32, whatever the inputs): an autocast region
+    # around the call (mixed-precision training) must not turn its GEMMs into bf16 / fp16.
+    with torch.autocast(device_type=queries.device.type, enabled=False):
+        return _contrastive_loss(queries, positives, negatives, in_batch, shared_negatives, temperature, mrl_dims,
+                                 stop_grad_gather, impl, gather, chunk_size, kernel)
+
+
+def _contrastive_loss(queries, positives, negatives, in_batch, shared_negatives, temperature, mrl_dims,
+                      stop_grad_gather, impl, gather, chunk_size, kernel) -> torch.Tensor:
     hidden = queries.shape[-1]
     dims = mrl_levels(hidden) if mrl_dims == "f2llm_v2" else list(mrl_dims or [hidden])
     _check(queries, positives, negatives, shared_negatives, in_batch, dims, temperature)

@@ -55,6 +55,12 @@ class _ChunkedInfoNCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        # float32 statistics even when backward runs inside an autocast region
+        with torch.autocast(device_type=grad_out.device.type, enabled=False):
+            return _ChunkedInfoNCE._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         q, k, labels, lse, a, b = ctx.saved_tensors
         acc, tau, rows = lse.dtype, ctx.temperature, torch.arange(q.shape[0], device=q.device)
         g = grad_out.to(acc) / q.shape[0]

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"error: training diverged: {exc}", file=sys.stderr)
         return 3
     history = result["history"]
-    print(json.dumps({"steps": result["steps"], "final_loss": result["final_loss"],
+    print(json.dumps({"steps": result["steps"], "final_loss": result["final_loss"], "precision": result["precision"],
                       "final_loss_window": min(len(history), 10),
                       "last_batch_loss": history[-1]["loss"] if history else None, "export": result.get("export")}))
     return 0

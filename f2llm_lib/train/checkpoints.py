@@ -23,7 +23,7 @@ RUN_CONFIG = "run_config.json"
 LOADER_STATE = "loader_state.json"
 COMPLETE = ".complete"
 # Keys a resumed run may change: when to log, evaluate, save and stop. Anything else changes what is trained.
-CADENCE_KEYS = {"eval_every", "save_every", "log_every", "stop_after"}
+CADENCE_KEYS = {"eval_every", "save_every", "log_every", "stop_after", "keep_checkpoints"}
 
 
 class RunFolderError(RuntimeError):
@@ -126,3 +126,18 @@ def load_checkpoint_encoder(checkpoint: str | Path, backbone: str, num_layers: i
                              f"({str(exc).splitlines()[1][:200] if len(str(exc).splitlines()) > 1 else exc}); "
                              "give the backbone and layer count the run trained") from exc
     return F2LLMEncoder(model, tokenizer, max_length=max_length)
+
+
+def prune_checkpoints(output_dir: Path, keep: int, log=print) -> list[Path]:
+    """Remove all but the newest ``keep`` complete checkpoints (0: keep all); return what was removed. Only
+    checkpoints this trainer completed are counted and removed; the final export (``final/``) is never touched, and
+    an unfinished save (no completion mark) is left for ``find_checkpoint`` to skip."""
+    import shutil
+
+    complete = complete_checkpoints(output_dir)
+    removed = complete[:-keep] if keep else []
+    for path in removed:
+        shutil.rmtree(path)
+    if removed:
+        log(f"[train] kept the newest {keep} checkpoints; removed {', '.join(p.name for p in removed)}")
+    return removed

@@ -64,7 +64,9 @@ class TrainConfig:
     mrl: bool = False  # F2LLM-v2 Matryoshka levels
     loss_impl: Literal["auto", "reference", "chunked", "triton"] = "auto"
     stop_grad_gather: bool = False  # True reproduces the released code's non-differentiable gather
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # no, bf16, fp16 (GPU)
+    # no, bf16, fp16 (GPU); unset (null): the launcher's choice (`accelerate launch --mixed_precision`, its config
+    # file), so that `accelerate launch --config_file ci/accelerate/gpu_8_zero2.yaml` trains in that file's bf16
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = None
     gradient_checkpointing: bool = False
     # tokens per text, EOS last (F2LLM: 1024); at most the data's; 0: the data's own
     max_length: int = field(default=0, metadata=rule(
@@ -86,6 +88,9 @@ class TrainConfig:
     # LoRA scaling numerator (scale = alpha / rank)
     lora_alpha: float = field(default=32.0, metadata=rule(lambda v: v > 0, "positive"))
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # attention and MLP projections
+    # complete checkpoints kept (the newest; 0: all): each holds the optimizer state, which fills a disk at F2LLM's
+    # scale; the final export is never removed, and three keep a fallback when the newest is damaged
+    keep_checkpoints: int = field(default=3, metadata=rule(lambda v: v >= 0, "0 (keep all) or more"))
     allow_pickled_checkpoints: bool = False  # resume DeepSpeed checkpoints (DeepSpeed unpickles them): yours only
 
     @classmethod

@@ -35,6 +35,7 @@ from .checkpoints import (
     RunFolderError,
     find_checkpoint,
     prepare_output_dir,
+    prune_checkpoints,
     truncate_metrics,
 )
 from .config import TrainConfig
@@ -151,9 +152,11 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True,
     configure_deepspeed(accelerator, config)
     encoder, optimizer, scheduler = accelerator.prepare(encoder, optimizer, scheduler)
     start = resume_from_checkpoint(accelerator, output_dir, loader, config, deepspeed) if resume else 0
-    accelerator.init_trackers("f2llm", config=dict(vars(config)))
+    settings = {k: v for k, v in vars(config).items() if v is not None}  # TensorBoard's hparams take no None
+    accelerator.init_trackers("f2llm", config={**settings, "precision": accelerator.mixed_precision})
     history = run_steps(accelerator, encoder, optimizer, scheduler, loader, config, teacher, start, on_step_end)
-    result = {"steps": len(history) + start, "history": history, "final_loss": smoothed_loss(history)}
+    result = {"steps": len(history) + start, "history": history, "final_loss": smoothed_loss(history),
+              "precision": accelerator.mixed_precision}  # what this run trained in, whoever chose it
     if export and accelerator.is_main_process:
         result["export"] = str(export_final(accelerator, encoder, config, output_dir / "final"))
     accelerator.wait_for_everyone()
@@ -166,11 +169,15 @@ def start_accelerator(config: TrainConfig) -> tuple[Accelerator, bool]:
     start gloo for several CPU processes; not under DeepSpeed, which it would silently switch off (DeepSpeed's CPU
     accelerator starts gloo by itself)."""
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")  # what `accelerate launch` (or its config) asked for
     accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
                               log_with="tensorboard", project_dir=str(config.output_dir),
                               cpu=not torch.cuda.is_available() and not deepspeed,
                               step_scheduler_with_optimizer=False)  # we step it once per optimizer step
     _fix_cpu_deepspeed_layout(accelerator)
+    if config.mixed_precision is not None and launched and launched != config.mixed_precision:
+        accelerator.print(f"[train] mixed_precision: the config's {config.mixed_precision!r} overrides the launcher's "
+                          f"{launched!r} (leave it unset to train as launched)")
     return accelerator, deepspeed
 
 
@@ -239,7 +246,7 @@ def run_steps(accelerator: Accelerator, encoder, optimizer, scheduler, loader: M
                             tok_s=f"{record['tokens_per_second']:.0f}", ds=record["dataset"][:12])
         guard.check(step + 1, record["loss"], batch_stats, record["lr"])  # before saving: the last one stays good
         if (step + 1) % config.save_every == 0 or step + 1 == last:
-            save_checkpoint(accelerator, output_dir, step + 1, loader)
+            save_checkpoint(accelerator, output_dir, step + 1, loader, config.keep_checkpoints)
         if on_step_end is not None:
             on_step_end(step + 1)
     return history
@@ -333,7 +340,10 @@ def resume_from_checkpoint(accelerator: Accelerator, output_dir: Path, loader: M
     return step
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, loader: MultitaskLoader) -> None:
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, loader: MultitaskLoader,
+                    keep: int = 0) -> None:
+    """accelerate's state plus the loader's position, marked complete last; then only the newest ``keep`` complete
+    checkpoints stay (0: all), so that a long run does not fill the disk with optimizer states."""
     folder = output_dir / "checkpoints" / f"step_{step}"
     accelerator.save_state(str(folder))
     accelerator.wait_for_everyone()
@@ -341,6 +351,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, loade
         # the loader's position as JSON (the same on every rank), not through accelerate's pickled custom objects
         (folder / LOADER_STATE).write_text(json.dumps(loader.state_dict()))
         (folder / COMPLETE).touch()  # a checkpoint cut short by a crash is never resumed from
+        prune_checkpoints(output_dir, keep, log=accelerator.print)
 
 
 @torch.no_grad()
