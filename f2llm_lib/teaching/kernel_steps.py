@@ -112,6 +112,46 @@ def in_batch_forward(queries: torch.Tensor, keys: torch.Tensor, temperature: flo
     return (lse - positive).mean(), lse
 
 
+@triton.jit
+def _decoupled_forward_kernel(
+    queries_ptr,  # [B, D] fp32, unit rows
+    keys_ptr,  # [N, D] fp32, unit rows; key i is query i's positive
+    lse_ptr,  # [B] out: log-sum-exp of each query's logits, its positive left out
+    positive_ptr,  # [B] out: each query's logit with its own positive
+    num_queries,  # B
+    num_keys,  # N
+    dim,  # D
+    inv_temperature,  # 1 / tau
+    BLOCK_M: tl.constexpr,  # queries per program
+    BLOCK_N: tl.constexpr,  # keys per tile
+    BLOCK_D: tl.constexpr,  # >= D, a power of two
+):
+    """Exercise 02.6's reference: step 1's kernel for the decoupled contrastive loss (Yeh et al., 2022), whose
+    denominator leaves the positive out. One line differs: the marked one."""
+    query_rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    features = tl.arange(0, BLOCK_D)
+    query_tile = tl.load(queries_ptr + query_rows[:, None] * dim + features[None, :],
+                         mask=(query_rows[:, None] < num_queries) & (features[None, :] < dim), other=0.0)
+    run_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    run_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    positive = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for key_start in range(0, num_keys, BLOCK_N):
+        key_rows = key_start + tl.arange(0, BLOCK_N)
+        key_tile = tl.load(keys_ptr + key_rows[:, None] * dim + features[None, :],
+                           mask=(key_rows[:, None] < num_keys) & (features[None, :] < dim), other=0.0)
+        logits = tl.dot(query_tile, tl.trans(key_tile)) * inv_temperature
+        logits = tl.where(key_rows[None, :] < num_keys, logits, float("-inf"))
+        is_own = query_rows[:, None] == key_rows[None, :]
+        positive += tl.sum(tl.where(is_own, logits, 0.0), axis=1)
+        logits = tl.where(is_own, float("-inf"), logits)  # the edit: the positive counts for nothing below
+        new_max = tl.maximum(run_max, tl.max(logits, axis=1))  # finite: a row's first tile has other keys (N > 1)
+        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
+        run_max = new_max
+    valid = query_rows < num_queries
+    tl.store(lse_ptr + query_rows, run_max + tl.log(run_sum), mask=valid)
+    tl.store(positive_ptr + query_rows, positive, mask=valid)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Step 2: the backward, two kernels that recompute their tiles
 

@@ -29,6 +29,7 @@ class Exercise:
     title: str
     checker: Callable  # checker(answer) -> None, raising ExerciseFailed (or AssertionError) with the reason
     solution: Callable  # the reference answer
+    loaded_on_demand: bool = False  # solution() is called to get the answer (a Triton kernel: Linux only)
 
 
 EXERCISES: dict[str, Exercise] = {key: Exercise(*spec) for module in (nb00, nb01, nb02, nb03, nb04)
@@ -37,7 +38,8 @@ EXERCISES: dict[str, Exercise] = {key: Exercise(*spec) for module in (nb00, nb01
 
 def solution(key: str):
     """The reference answer of exercise ``key`` (e.g. "00.1")."""
-    return _exercise(key).solution
+    exercise = _exercise(key)
+    return exercise.solution() if exercise.loaded_on_demand else exercise.solution
 
 
 def check(key: str, answer, quiet: bool = False) -> str:

@@ -1,4 +1,5 @@
-"""Notebook 04's exercises: nDCG@10 by hand, and mean pooling (the baseline to last-token pooling)."""
+"""Notebook 04's exercises: nDCG@10 by hand, mean pooling (the baseline to last-token pooling), and ranking a
+corpus by cosine."""
 
 from __future__ import annotations
 
@@ -33,8 +34,13 @@ def check_ndcg(answer) -> None:
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Reference for 04.2: the average of each row's real tokens' states."""
-    return library_mean_pool(hidden, attention_mask)
+    """Reference for 04.2, worked through: zero the pad positions' states by multiplying with the mask (one more
+    axis so it broadcasts over dim), sum over positions, then divide by each row's number of real tokens, not by
+    the padded width."""
+    mask = attention_mask.to(hidden.dtype)[:, :, None]
+    summed = (hidden * mask).sum(dim=1)
+    real_tokens = mask.sum(dim=1)
+    return summed / real_tokens
 
 
 def check_mean_pool(answer) -> None:
@@ -51,7 +57,41 @@ def check_mean_pool(answer) -> None:
                  "sum(hidden x mask) over positions / sum(mask)")
 
 
+def rank_documents(query: torch.Tensor, documents: torch.Tensor, doc_ids: list[str], k: int) -> list[str]:
+    """Reference for 04.3, worked through: what a dense retriever does. Normalise the query and every document so
+    that a dot product is a cosine; one matrix-vector product scores the whole corpus; the k highest scores, best
+    first, are the ranking nDCG@10 reads."""
+    q = query / query.norm()
+    docs = documents / documents.norm(dim=1, keepdim=True)
+    scores = docs @ q
+    best = torch.argsort(scores, descending=True)[:k]
+    return [doc_ids[int(i)] for i in best]
+
+
+def check_rank_documents(answer) -> None:
+    gen = torch.Generator().manual_seed(8)
+    documents = torch.randn(30, 6, generator=gen, dtype=torch.float64)
+    documents[:10] *= 50.0  # long vectors: a raw dot product prefers them whatever their direction
+    query = torch.randn(6, generator=gen, dtype=torch.float64)
+    ids = [f"doc{i}" for i in range(30)]
+    got = answer(query, documents, ids, 10)
+    if got is None:
+        raise ExerciseFailed("the function returned None; return the k best document ids, best first")
+    got = list(got)
+    expected = rank_documents(query, documents, ids, 10)
+    raw = [ids[int(i)] for i in torch.argsort(documents @ query, descending=True)[:10]]
+    if got == raw and raw != expected:
+        raise ExerciseFailed("that ranks by raw dot product: long documents win whatever their direction. Normalise "
+                             "both sides (cosine), as the embedder's Normalize module does")
+    if got == expected[::-1] or got == rank_documents(-query, documents, ids, 10):
+        raise ExerciseFailed("that is the worst-first order: sort the scores descending")
+    if got != expected:
+        raise ExerciseFailed(f"got {got[:3]}..., expected {expected[:3]}...: cosine of the query with every "
+                             "document, the k largest, best first")
+
+
 EXERCISES = {
     "04.1": ("nDCG@10 by hand", check_ndcg, ndcg_at_10),
     "04.2": ("mean pooling, masked", check_mean_pool, mean_pool),
+    "04.3": ("rank a corpus by cosine", check_rank_documents, rank_documents),
 }
