@@ -44,6 +44,28 @@ def _ratio(a: dict | None, b: dict | None) -> str:
     return f"{float(a['time_ms']) / float(b['time_ms']):.2f}x" if a and b else "-"
 
 
+def gpu_comparisons(run: Path | None = None) -> list[dict]:
+    """The committed GPU figures as comparisons to read aloud: per regime and size, our time and extra memory
+    against each baseline's (``ratio`` < 1: ours is faster), from the newest ``benchmarks/gpu/<run>/``."""
+    rows = _rows((run or latest_gpu_run()) / "loss_benchmark.csv")
+    out = []
+    for regime, baselines in (("f2llm", ("reference", "compiled")), ("large", ("memeff", "inf-cl", "reference")),
+                              ("mrl", ("memeff", "reference"))):
+        for size in sorted({int(r["batch"]) for r in rows if r["regime"] == regime}):
+            for dim in sorted({int(r["dim"]) for r in rows if r["regime"] == regime and int(r["batch"]) == size}):
+                ours = _find(rows, "triton", regime, size, dim)
+                for baseline in baselines:
+                    other = _find(rows, baseline, regime, size, dim)
+                    if ours and other:
+                        out.append({"regime": regime, "batch": size, "dim": dim, "baseline": baseline,
+                                    "ours_ms": float(ours["time_ms"]), "baseline_ms": float(other["time_ms"]),
+                                    "ratio": float(ours["time_ms"]) / float(other["time_ms"]),
+                                    "ours_mb": float(ours["workspace_mb"]), "baseline_mb": float(other["workspace_mb"]),
+                                    "ours_launches": int(ours["launches"]),
+                                    "baseline_launches": int(other["launches"])})
+    return out
+
+
 def gpu_section(run: Path | None = None) -> str:
     run = run or latest_gpu_run()
     rows = _rows(run / "loss_benchmark.csv")
