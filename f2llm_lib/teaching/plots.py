@@ -105,18 +105,26 @@ def plot_memory_curve(rows: list[dict], path: Path | None = None):
 
 
 def plot_loss_curves(runs: dict[str, list[dict]], path: Path | None = None):
-    """Training loss per step and mean validation loss per evaluation, one line per run (metrics.jsonl rows)."""
+    """Training loss per step, one line per dataset and run (each step draws one dataset, and their losses differ in
+    scale: retrieval adds the in-batch term), and mean validation loss per evaluation, one line per run."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
-    for name, metrics in runs.items():
-        axes[0].plot([m["step"] for m in metrics], [m["loss"] for m in metrics], label=name, alpha=0.8)
+    datasets = sorted({m["dataset"] for metrics in runs.values() for m in metrics})
+    colors = {name: f"C{i}" for i, name in enumerate(datasets)}
+    for (name, metrics), style in zip(runs.items(), ["-", "--", ":", "-."] * 3, strict=False):
+        for dataset in datasets:
+            points = [(m["step"], m["loss"]) for m in metrics if m["dataset"] == dataset]
+            if points:
+                axes[0].plot(*zip(*points, strict=True), style, marker=".", color=colors[dataset], alpha=0.85,
+                             label=f"{dataset} ({name})" if len(runs) > 1 else dataset)
         val = [(m["step"], sum(m["val"].values()) / len(m["val"])) for m in metrics if m.get("val")]
         if val:
-            axes[1].plot(*zip(*val, strict=True), marker="o", label=name)
-    axes[0].set_title("training loss (one dataset per step)")
+            axes[1].plot(*zip(*val, strict=True), style, marker="o", label=name)
+    axes[0].set_title("training loss, per dataset")
     axes[1].set_title("mean validation loss")
     for ax in axes:
         ax.set_xlabel("step")
-        ax.legend()
+        if ax.has_data():
+            ax.legend(fontsize=7)
     return _save(fig, path)
 
 
