@@ -178,3 +178,13 @@ def test_worked_references_agree_with_the_library():
     torch.testing.assert_close(nb02.in_batch_loss(q, p, 0.05),
                                F.cross_entropy(F.normalize(q, dim=-1) @ F.normalize(p, dim=-1).T / 0.05,
                                                torch.arange(4)))
+
+
+def test_the_workshop_guide_lists_every_exercise():
+    import re
+
+    from f2llm_lib.paths import REPO_ROOT
+
+    guide = (REPO_ROOT / "docs" / "WORKSHOP.md").read_text()
+    listed = re.findall(r"^\| (\d\d\.\d) \|", guide, flags=re.M)
+    assert listed == sorted(EXERCISES), "docs/WORKSHOP.md's exercise table must list every exercise, in order"
