@@ -50,7 +50,7 @@ lab: $(STAMP)
 # its model), at the lowest CPU priority so that the notebook in front of the room stays responsive.
 break-training: $(STAMP)
 	nice -n 19 $(PY) ci/run_notebooks.py notebooks/03_multi_gpu_finetuning.ipynb --profile workshop \
-	  --run-dir runs/interactive --no-report
+	  --run-dir runs/interactive --no-report --continue
 
 # Back to a clean room: the notebooks as in git (a learner's edits and saved outputs go), the interactive runs
 # cleared; .venv, the converted models and the caches stay (nothing needs the network afterwards).

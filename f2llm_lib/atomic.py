@@ -60,11 +60,19 @@ def atomic_folder(path: str | Path, *, replace: bool = True, keep_existing: bool
             theirs and drop ours instead of replacing it.
         prefix: a name part for the temporary folder (``.{name}-{prefix}...``), so leftovers say what made them.
 
+    A folder made here is recorded as the tool's own (``ownership.FILES_RECORD``: every file it holds). Replacing
+    an existing ``path`` is refused (``FileExistsError``, naming them) when it holds files its record does not list:
+    someone else's work is never deleted with the tool's own.
+
     On an error the temporary folder is removed and ``path`` is untouched.
     """
+    from .ownership import check_replaceable, record_files
+
     path = Path(path)
     if path.exists() and not replace and not keep_existing:
         raise FileExistsError(f"{path} exists")
+    if path.exists() and replace and not keep_existing:
+        check_replaceable(path)  # before any work
     path.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{path.name}-{prefix}", dir=path.parent))
     work.chmod(0o755)  # mkdtemp makes it private; outputs and caches are meant to be readable
@@ -72,7 +80,9 @@ def atomic_folder(path: str | Path, *, replace: bool = True, keep_existing: bool
         yield work
         if path.exists() and keep_existing:
             return
+        record_files(work)
         if path.exists():
+            check_replaceable(path)  # again: files may have been added while this one was writing
             aside = Path(tempfile.mkdtemp(prefix=f".{path.name}-replaced-", dir=path.parent))
             os.rename(path, aside / "old")
             try:

@@ -257,3 +257,57 @@ def check_choice(value: Any, hint: Any, name: str, error: type[Exception] = Sett
     if value in get_args(hint) and isinstance(value, str):
         return value
     raise error(f"{name} must be {describe(hint)}, got {short(value)}{_trap(value, describe(hint))}")
+
+
+MAX_YAML_BYTES = 256 * 1024  # a recipe or config is a page of keys; anything far larger is a mistake or an attack
+
+
+def load_yaml(text: str, where: str, error: type[Exception] = SettingsError) -> Any:
+    """Plain YAML for settings, parsed with bounds: at most :data:`MAX_YAML_BYTES`, no aliases (``*name``: a few
+    hundred bytes of nested aliases expand to billions of items), no duplicate keys (YAML lets the last one win
+    without a word). Tags that could build objects are refused as by ``yaml.safe_load``."""
+    import yaml
+
+    if len(text.encode("utf-8")) > MAX_YAML_BYTES:
+        raise error(f"{where}: {len(text.encode('utf-8')):,} bytes; settings files are limited to "
+                    f"{MAX_YAML_BYTES:,} (a recipe or config is a page of keys)")
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):  # events only: nothing is expanded yet
+            if isinstance(event, yaml.AliasEvent):
+                raise error(f"{where}:{event.start_mark.line + 1}: an alias (*{short(event.anchor)}); settings files "
+                            "take no anchors or aliases (nested aliases can expand without bound): write the values "
+                            "out")
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise error(f"{where}{line}: not plain YAML: {short(str(exc).splitlines()[0])}; use plain keys and values "
+                    "(no tags)") from exc
+    except _DuplicateKey as exc:
+        raise error(f"{where}:{exc.line}: the key {short(exc.key)} appears twice; YAML would keep the last one "
+                    "without a word. Keep one") from None
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
+def _unique_key_loader():
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, str | int | float | bool) and key in seen:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+_UniqueKeyLoader = _unique_key_loader()

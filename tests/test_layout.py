@@ -12,7 +12,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "f2llm_lib"
 # The pipeline's order: a run embeds (embedder), reads data, computes the loss, trains, then evaluates.
 LAYERS = [
-    {"f2llm_lib", "f2llm_lib.paths", "f2llm_lib.atomic", "f2llm_lib.typed"},
+    {"f2llm_lib", "f2llm_lib.paths", "f2llm_lib.atomic", "f2llm_lib.ownership", "f2llm_lib.typed"},
     {"f2llm_lib.embedder"},
     {"f2llm_lib.data"},
     {"f2llm_lib.losses"},

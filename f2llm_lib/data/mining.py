@@ -66,14 +66,23 @@ class BM25Scorer:
     def fit(self, corpus: Sequence[str]) -> None:
         import bm25s
 
+        tokens = bm25s.tokenize(list(corpus), stopwords="en", show_progress=False)
+        if not tokens.vocab:
+            example = next((t for t in corpus if t.strip()), "")[:40]
+            raise DataError(f"BM25 finds no words in the {len(corpus)} candidate texts (e.g. {example!r}): it scores "
+                            "by shared words. Mine with an embedding scorer instead (--scorer smollm2-135m, or "
+                            "mining: {scorer: ...} in the recipe)")
+        self.size = len(corpus)
         self.retriever = bm25s.BM25()
-        self.retriever.index(bm25s.tokenize(list(corpus), stopwords="en", show_progress=False), show_progress=False)
+        self.retriever.index(tokens, show_progress=False)
 
     def scores(self, queries: Sequence[str]) -> np.ndarray:
         import bm25s
 
         tokens = bm25s.tokenize(list(queries), stopwords="en", return_ids=False, show_progress=False)
-        return np.stack([self.retriever.get_scores(t) for t in tokens]).astype(np.float32)
+        # a query with no words (emoji only, punctuation) matches nothing: every candidate scores 0
+        return np.stack([self.retriever.get_scores(t) if t else np.zeros(self.size, np.float32)
+                         for t in tokens]).astype(np.float32)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from ..atomic import atomic_file, atomic_folder
 from ..embedder.prompts import query_prompt
+from ..ownership import check_replaceable, output_lock
 from .decontaminate import DecontaminationReport, Decontaminator
 from .mining import BM25Scorer, EncoderScorer, MiningReport, mine_hard_negatives
 from .recipes import (
@@ -186,17 +187,23 @@ OUTPUT_MARKER = ".f2llm-pipeline.json"  # marks a folder this pipeline wrote (an
 
 
 def check_output_dir(out_dir: Path) -> None:
-    """Before any work: --out must be a folder we may write and replace (ours, new or empty); leftovers of a run
-    that was killed are removed, saying so."""
+    """Before any work: --out must be a folder we may write and replace: new, empty, or an earlier output of this
+    pipeline holding only the files it wrote. Called with the folder's lock held (one writer at a time), so a
+    hidden work folder beside it can only be a leftover of a run that died: it is removed, saying so."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--out {out_dir} is a file; give a folder for the pipeline's output")
+    if out_dir.name in ("", ".", "..") or Path.cwd().resolve().is_relative_to(out_dir.resolve()):
+        raise DataError(f"--out {out_dir} is the working directory or above it; the pipeline replaces its output "
+                        "folder as a whole, so give it a folder of its own (e.g. --out data/mine)")
     parent = out_dir.parent if out_dir.parent != Path("") else Path(".")
     existing = next((p for p in [parent, *parent.parents] if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
         raise DataError(f"--out {out_dir}: cannot create it ({existing} is not a writable folder); choose another")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / OUTPUT_MARKER).exists():
-        raise DataError(f"--out {out_dir} holds files that this pipeline did not write; it replaces its output as a "
-                        "whole, so give it a new or empty folder (nothing was written)")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not (out_dir / OUTPUT_MARKER).exists():
+            raise DataError(f"--out {out_dir} holds files that this pipeline did not write; it replaces its output "
+                            "as a whole, so give it a new or empty folder (nothing was written)")
+        check_replaceable(out_dir, DataError, "this pipeline")
     for leftover in parent.glob(f".{out_dir.name}-curating-*") if parent.exists() else []:
         print(f"[pipeline] removing {leftover}, left by a run that was interrupted", file=sys.stderr)
         shutil.rmtree(leftover, ignore_errors=True)
@@ -210,12 +217,19 @@ def run_recipe(recipe_path: str | Path | list, out_dir: str | Path, backbone: st
     whole: everything is written to a hidden sibling folder that replaces ``out_dir`` only once complete, so an
     interrupted run leaves the previous output intact and never a mix of two runs. ``max_samples`` caps every
     dataset, overriding the recipes' own caps."""
-    from ..embedder.backbones import load_tokenizer
-
     out_dir = Path(out_dir)
     if max_length < 2:
         raise DataError(f"--max-length must be at least 2 (one token and the EOS), got {max_length}")
-    check_output_dir(out_dir)  # before anything expensive
+    with output_lock(out_dir, "f2llm curate", DataError):  # one curation per folder at a time
+        check_output_dir(out_dir)  # before anything expensive
+        return _curate_into(recipe_path, out_dir, backbone, scorer_spec, max_length, num_layers, show_progress,
+                            max_samples)
+
+
+def _curate_into(recipe_path, out_dir: Path, backbone: str, scorer_spec: str | None, max_length: int,
+                 num_layers: int | None, show_progress: bool, max_samples: int | None) -> CurationResult:
+    from ..embedder.backbones import load_tokenizer
+
     tokenizer = load_tokenizer(backbone)  # a wrong spec fails in seconds, not after mining
     specs = recipe_path if isinstance(recipe_path, list | tuple) else [recipe_path]
     recipes = [r for spec in specs for r in expand_mix(spec)]  # all parsed before any is curated

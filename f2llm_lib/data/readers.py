@@ -1,8 +1,15 @@
-"""Read source records from local jsonl / csv / tsv / parquet files (with row numbers for errors) or the hub."""
+"""Read source records from local jsonl / csv / tsv / parquet files (with row numbers for errors) or the hub.
+
+Each format is parsed as it is defined, never by splitting lines first: CSV through the ``csv`` module on the whole
+text (a quoted field may hold a newline), JSON lines on ``\n`` only (a JSON string may hold U+2028, which
+``str.splitlines`` would break), a UTF-8 byte-order mark (Excel's "CSV UTF-8") skipped. TSV is read unquoted, as
+BEIR and MTEB write it: a ``"`` is an ordinary character (a field with a tab or a newline needs CSV or JSON lines).
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,13 +52,14 @@ def read_local(path: Path, fmt: str | None = None) -> Iterator[tuple[str, dict]]
         return
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is not part of the first field
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}); re-encode the file as "
                         "UTF-8 (e.g. iconv -f latin1 -t utf-8)") from exc
     if fmt == "jsonl":
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(text.split("\n"), start=1):
+            line = line.removesuffix("\r")
             if not line.strip():
                 continue
             try:
@@ -62,11 +70,22 @@ def read_local(path: Path, fmt: str | None = None) -> Iterator[tuple[str, dict]]
                 raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
             yield f"{path}:{number}", record
         return
-    reader = csv.DictReader(text.splitlines(), delimiter="\t" if fmt == "tsv" else ",")
-    for number, record in enumerate(reader, start=2):  # line 1 is the header
-        if None in record:
-            raise DataError(f"{path}:{number}: more fields than the header has; check the delimiter or quoting")
-        yield f"{path}:{number}", record
+    if fmt == "tsv":
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        for record in reader:
+            where = f"{path}:{reader.line_num}"
+            if None in record:
+                raise DataError(f"{where}: more fields than the header has; check the delimiter or quoting")
+            missing = [key for key, value in record.items() if value is None]
+            if missing:
+                raise DataError(f"{where}: fewer fields than the header has (no {', '.join(missing)}); check the "
+                                "delimiter or quoting")
+            yield where, record
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: not valid {fmt.upper()} ({exc}); check the quoting") from exc
 
 
 def read_hub(dataset_id: str, config: str | None, split: str,

@@ -15,15 +15,14 @@ import hashlib
 import os
 import random
 import re
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from ..paths import PUBLIC_DATA_ENV, REPO_ROOT, public_data_dir
-from ..typed import from_mapping, rule
+from ..typed import from_mapping, load_yaml, rule
 from .mining import MiningConfig
 from .readers import read_hub, read_local
 from .schema import TASK_TYPES, DataError, TrainingTuple, check_text
@@ -189,12 +188,11 @@ def _recipe_path(path: str | Path) -> Path:
 def _read_yaml(path: Path):
     where = str(path)
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         known = ", ".join(sorted(p.stem for p in RECIPE_DIR.glob("*.yaml")))
         raise DataError(f"{where}: recipe not found; shipped recipes: {known}") from exc
-    except yaml.YAMLError as exc:
-        raise DataError(f"{where}: malformed YAML: {exc}") from exc
+    return load_yaml(text, where, DataError)  # bounded: no aliases, no duplicate keys
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -297,20 +295,28 @@ def _labelled_texts(recipe: Recipe, records: list[tuple[str, dict]]) -> dict[str
 def build_tuples(recipe: Recipe, records: list[tuple[str, dict]], rng: random.Random) -> BuiltDataset:
     """Rows already in tuple form (query, positive, negative_*), as in the released F2LLM data: nothing to mine."""
     f, tuples = recipe.fields, []
+    if records:
+        _check_tuple_columns(recipe, records[0][1])
+    same = 0
     for where, record in records:
         negatives = [check_text(record[c], where, c) for c in sorted(record, key=_negative_order)
-                     if c.startswith("negative_") and record[c]]
-        tuples.append(TrainingTuple(recipe.name, recipe.task_type, recipe.instruction,
-                                    check_text(_column(record, f["query"], where), where, f["query"]),
-                                    check_text(_column(record, f["positive"], where), where, f["positive"]),
-                                    negatives))
+                     if _is_negative_column(c) and record[c]]
+        query = check_text(_column(record, f["query"], where), where, f["query"])
+        positive = check_text(_column(record, f["positive"], where), where, f["positive"])
+        if query == positive:  # nothing to learn, and a perfect score for free: dropped, as pairs builds do
+            same += 1
+            continue
+        tuples.append(TrainingTuple(recipe.name, recipe.task_type, recipe.instruction, query, positive, negatives))
+    if same:
+        print(f"[curate] {recipe.name}: dropped {same} of {len(records)} rows whose query equals its positive",
+              file=sys.stderr, flush=True)
     return BuiltDataset(recipe.name, _cap(tuples, recipe, rng))
 
 
 def build_pairs(recipe: Recipe, records: list[tuple[str, dict]], rng: random.Random) -> BuiltDataset:
     """Sentence pairs (s1 -> s2) as retrieval tuples, optionally only those scored at least ``build.score_min``;
     every sentence is a mining candidate."""
-    f, tuples, corpus, seen = recipe.fields, [], [], set()
+    f, tuples, corpus, seen, same = recipe.fields, [], [], set(), 0
     for where, record in records:
         s1 = check_text(_column(record, f["s1"], where), where, f["s1"])
         s2 = check_text(_column(record, f["s2"], where), where, f["s2"])
@@ -328,6 +334,11 @@ def build_pairs(recipe: Recipe, records: list[tuple[str, dict]], rng: random.Ran
                 continue
         if s1 != s2:
             tuples.append(TrainingTuple(recipe.name, "retrieval", recipe.instruction, s1, s2))
+        else:
+            same += 1
+    if same:
+        print(f"[curate] {recipe.name}: dropped {same} pairs whose two sentences are the same text",
+              file=sys.stderr, flush=True)
     return BuiltDataset(recipe.name, _cap(tuples, recipe, rng), corpus=corpus)
 
 
@@ -393,6 +404,12 @@ def f2llm_mix_files(recipe: Recipe) -> list[str]:
         if not folder.is_dir():
             raise DataError(f"{recipe.path}: source.path {folder} must be a folder of the released parquet files")
         files = sorted(str(p) for p in folder.glob("*.parquet"))
+        others = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix != ".parquet"
+                        and not p.name.startswith("."))
+        if others:  # data_files: all reads the released mix's parquet files; say what it leaves out
+            print(f"[curate] {folder}: data_files: all reads the {len(files)} .parquet file(s); not read: "
+                  f"{', '.join(others[:10])}{' ...' if len(others) > 10 else ''} (convert them to parquet, or give "
+                  "each its own recipe)", file=sys.stderr, flush=True)
         where = str(folder)
     else:
         from huggingface_hub import list_repo_files
@@ -410,6 +427,25 @@ def mix_file_recipe(recipe: Recipe, file: str) -> Recipe:
     local = recipe.source.kind == "local"
     source = replace(recipe.source, path=file, data_files=None) if local else replace(recipe.source, data_files=file)
     return replace(recipe, name=Path(file).stem, task_type=infer_task_type(file), source=source)
+
+
+def _is_negative_column(column: str) -> bool:
+    return column.startswith("negative_") and column.removeprefix("negative_").isdigit()
+
+
+def _check_tuple_columns(recipe: Recipe, record: dict) -> None:
+    """Only ``negative_<n>`` columns are negatives: another column that looks like one is refused (it would be
+    trained on as a text), and any other extra column is named as ignored."""
+    used = {recipe.fields.get("query"), recipe.fields.get("positive")}
+    odd = sorted(c for c in record if c.startswith("negative") and not _is_negative_column(c))
+    if odd:
+        raise DataError(f"{recipe.path}: column(s) {odd} of {recipe.source.path or recipe.source.hub_id} look like "
+                        "negatives but are not named negative_<n>; rename them negative_1, negative_2, ... if they "
+                        "are negatives, or drop them from the file (they would otherwise be trained on as texts)")
+    ignored = sorted(c for c in record if c not in used and not _is_negative_column(c))
+    if ignored:
+        print(f"[curate] {recipe.name}: ignoring column(s) {ignored} (a tuple is {sorted(c for c in used if c)} and "
+              "negative_<n>)", file=sys.stderr, flush=True)
 
 
 def _negative_order(column: str) -> int:

@@ -24,6 +24,7 @@ import hashlib
 import json
 import mmap
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -153,8 +154,7 @@ class TokenizedWriter:
         """Tokenize and write one dataset, ``batch_size`` tuples at a time; return its number of queries."""
         if name in self.datasets:
             raise TokenizedDataError(f"dataset {name!r} is written twice; give each dataset its own name")
-        if not name or "/" in name or name.startswith("."):
-            raise TokenizedDataError(f"dataset name {name!r} cannot be a folder name; use letters, digits, _ and -")
+        check_dataset_name(name, "dataset name")
         folder = self.tmp / "queries" / name
         queries = _RaggedWriter(folder)
         negatives = _RaggedWriter(folder, "neg_ids.bin", "neg_offsets.bin", INDEX_DTYPE)
@@ -281,6 +281,36 @@ def _random_access(array: np.ndarray) -> np.ndarray:
     return array
 
 
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_dataset_name(name: object, what: str = "dataset name", error: type[Exception] | None = None) -> None:
+    """A dataset name is a plain folder name (it becomes ``queries/<name>/`` and the teacher cache's part): no path
+    separators, no ``..``, nothing absolute."""
+    if not isinstance(name, str) or not DATASET_NAME.fullmatch(name) or ".." in name:
+        raise (error or TokenizedDataError)(f"{what} {str(name)[:80]!r} is not a plain name; use letters, digits, "
+                                            "_, - and . (it names a folder inside the data folder)")
+
+
+def _check_ragged(ragged: Ragged, count: object, tokens: object, folder: Path, values: str = "tokens.bin",
+                  unit: str = "tokens") -> None:
+    offsets = ragged.offsets
+    where = folder / values
+    if count is not None and len(offsets) != int(count) + 1:
+        raise TokenizedDataError(f"{folder}: {len(offsets) - 1} rows in its offsets, the manifest says {count}: "
+                                 "the folder is incomplete or corrupt; re-run the data pipeline")
+    if len(offsets) == 0 or int(offsets[0]) != 0 or int(offsets[-1]) != len(ragged.values):
+        raise TokenizedDataError(f"{where}: holds {len(ragged.values):,} {unit}, its offsets end at "
+                                 f"{int(offsets[-1]) if len(offsets) else 0:,}: the file was cut short or altered; "
+                                 "re-run the data pipeline")
+    if tokens is not None and len(ragged.values) != int(tokens):
+        raise TokenizedDataError(f"{where}: {len(ragged.values):,} {unit}, the manifest says {int(tokens):,}: the file "
+                                 "was cut short or altered; re-run the data pipeline")
+    if len(offsets) > 1 and bool((np.diff(offsets) < (1 if unit == "tokens" else 0)).any()):
+        raise TokenizedDataError(f"{folder}: its offsets go backwards (or a text is empty): the folder is corrupt; "
+                                 "re-run the data pipeline")
+
+
 def _ragged(folder: Path, values: str = "tokens.bin", offsets: str = "offsets.bin", dtype=TOKEN_DTYPE) -> Ragged:
     offsets_array = np.fromfile(folder / offsets, dtype=INDEX_DTYPE) if (folder / offsets).stat().st_size < 1 << 16 \
         else _random_access(np.memmap(folder / offsets, dtype=INDEX_DTYPE, mode="r"))
@@ -320,6 +350,7 @@ class TokenizedData:
             self.corpus = _ragged(self.data_dir / "corpus")
             self.datasets = {}
             for name, info in self.manifest["datasets"].items():
+                check_dataset_name(name, f"{manifest_path}: dataset name")
                 folder = self.data_dir / "queries" / name
                 self.datasets[name] = DatasetArrays(
                     name, info["task_type"], _ragged(folder),
@@ -329,11 +360,29 @@ class TokenizedData:
         except (FileNotFoundError, KeyError, ValueError) as exc:  # ValueError: a file cut short mid-value
             raise TokenizedDataError(f"{self.data_dir}: incomplete or corrupt data folder ({exc}); re-run the data "
                                      "pipeline") from exc
+        self._check_against_manifest()
+
+    def _check_against_manifest(self) -> None:
+        """Every file's size and offsets against the manifest, before any training step: a file cut short or
+        altered would otherwise be read as data (a last text without its EOS, an empty text at some later step)."""
+        manifest = self.manifest
+        _check_ragged(self.corpus, manifest.get("corpus_size"), manifest.get("corpus_tokens"),
+                      self.data_dir / "corpus")
         for name, arrays in self.datasets.items():
-            rows = self.manifest["datasets"][name]["rows"]
+            info = manifest["datasets"][name]
+            rows = info["rows"]
+            folder = self.data_dir / "queries" / name
             if not len(arrays.queries) == len(arrays.positive) == len(arrays.negatives) == rows:
                 raise TokenizedDataError(f"{self.data_dir}: dataset {name!r} has inconsistent files (manifest says "
                                          f"{rows} rows); re-run the data pipeline")
+            _check_ragged(arrays.queries, rows, info.get("query_tokens"), folder)
+            _check_ragged(arrays.negatives, rows, info.get("negative_refs"), folder, "neg_ids.bin", "doc ids")
+            corpus_size = len(self.corpus)
+            for what, ids in (("positive.bin", arrays.positive), ("neg_ids.bin", arrays.negatives.values)):
+                if len(ids) and (int(ids.max()) >= corpus_size or int(ids.min()) < 0):
+                    raise TokenizedDataError(f"{folder / what}: doc ids outside the corpus of {corpus_size} "
+                                             "documents: the file is corrupt or from another curation; re-run the "
+                                             "data pipeline")
 
     @property
     def max_length(self) -> int:

@@ -184,6 +184,31 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
         raise BackboneError(_not_found(spec, local, exc)) from exc
 
 
+def check_model_folder(folder: Path) -> None:
+    """A local model folder before transformers reads it: a config, safetensors weights, and no custom code (which
+    would only load with ``trust_remote_code``, off here: a folder handed to you must not run its own Python)."""
+    import json
+
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise BackboneError(f"{folder}: no config.json; give the folder that holds the model's config.json, weights "
+                            "(*.safetensors) and tokenizer (a sentence-transformers export has them at its top)")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"{config_path}: not valid JSON ({str(exc)[:120]}); the folder is damaged") from exc
+    if config.get("auto_map") or list(folder.glob("*.py")):
+        code = ", ".join(sorted(config.get("auto_map") or {})) or "Python files"
+        raise BackboneError(f"{folder}: the model comes with its own code ({code}), which "
+                            "would run only with trust_remote_code, off in this library (a folder can carry any "
+                            "code). Use a model that transformers supports natively (Qwen3, Llama, ...)")
+    weights = list(folder.glob("*.safetensors"))
+    if not weights:
+        bins = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+        raise BackboneError(f"{folder}: no *.safetensors weights" + (f" (only {', '.join(bins)}: pickle files, which "
+                            "can run code when loaded; convert them to safetensors)" if bins else ""))
+
+
 def _not_found(spec: str, local: bool, exc: Exception) -> str:
     if local:
         return f"{spec}: could not load from this folder ({str(exc).splitlines()[0][:200]})"
@@ -253,12 +278,19 @@ def load_backbone(
         model = AutoModel.from_pretrained(_smollm2_model_folder(), dtype=torch.float32, use_safetensors=True)
     else:
         source = _source(spec)
+        if Path(source).exists():
+            check_model_folder(Path(source))
         tokenizer = load_tokenizer(source)
         try:
             model = AutoModel.from_pretrained(source, trust_remote_code=False, use_safetensors=True,
                                               dtype=torch.float32)
-        except OSError as exc:
+        except (OSError, ValueError, RuntimeError) as exc:  # SafetensorError is an OSError subclass here or not
             raise BackboneError(_not_found(spec, Path(source).exists(), exc)) from exc
+        except Exception as exc:  # e.g. safetensors' SafetensorError for a weights file cut short
+            if type(exc).__name__ != "SafetensorError":
+                raise
+            raise BackboneError(f"{spec}: its weights cannot be read ({str(exc)[:160]}): the file is cut short or "
+                                "corrupt; copy or export the model again") from exc
     if num_layers:
         prune_layers(model, num_layers)
     model.config.use_cache = False

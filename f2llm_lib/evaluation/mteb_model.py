@@ -15,6 +15,7 @@ would silently get the base model's cached scores, so the revision here is a has
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import torch
@@ -53,11 +54,23 @@ class F2LLMMtebModel(AbsEncoder):
         self.prompts_dict = dict(REGISTERED_SETTINGS["prompts_dict"])
         self.apply_instruction_to_passages = REGISTERED_SETTINGS.get("apply_instruction_to_passages", True)
         self.mteb_model_meta = ModelMeta.create_empty({
-            "name": f"f2llm-local/{name}", "revision": revision or weights_revision(encoder.backbone),
+            "name": f"f2llm-local/{name}", "revision": revision or self.settings_revision(encoder),
             "embed_dim": encoder.dim, "max_tokens": encoder.max_length, "similarity_fn_name": ScoringFunction.COSINE,
             "use_instructions": True, "framework": ["PyTorch"], "open_weights": True,
             "n_parameters": sum(p.numel() for p in encoder.parameters()),
         })
+
+    def settings_revision(self, encoder: F2LLMEncoder) -> str:
+        """The weights' hash plus everything else that changes an embedding: max length, pooling, the prompts (the
+        registered entry's and our rule's). mteb caches results by model name and revision: a change to any of
+        these is a new revision, never a stale cached score."""
+        from . import instructions
+
+        settings = json.dumps({"max_length": encoder.max_length, "pooling": encoder.pooling,
+                               "template": self.instruction_template, "prompts": self.prompts_dict,
+                               "passages": self.apply_instruction_to_passages, "by_type": instructions.BY_TYPE,
+                               "by_task": instructions.BY_TASK}, sort_keys=True, default=str)
+        return f"{weights_revision(encoder.backbone)}-{hashlib.sha1(settings.encode()).hexdigest()[:8]}"
 
     def input_prefix(self, task_metadata, prompt_type: PromptType | None) -> str:
         """What is written before every text of this task and side (the registered entry's rule where it has a

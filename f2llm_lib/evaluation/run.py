@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -78,17 +80,27 @@ def evaluate(models: dict[str, object], tasks: list, cache_dir: str | Path,
              retrieval_only: set[str] | None = None) -> list[dict]:
     """Rows of (model, task, type, score); ``retrieval_only`` names models that only run retrieval (BM25)."""
     rows = []
-    cache = ResultCache(str(cache_dir))
     for label, model in models.items():
         if model is None:
             continue
         usable = [t for t in tasks if label not in (retrieval_only or set()) or t.metadata.type == "Retrieval"]
-        if not usable:
-            continue
-        with quiet_evaluators():
-            result = mteb.evaluate(model, usable, cache=cache, show_progress_bar=False)
-        for task_result in result.task_results:
-            task = next(t for t in usable if t.metadata.name == task_result.task_name)
-            rows.append({"model": label, "task": task_result.task_name, "type": task.metadata.type,
-                         "main_score": task.metadata.main_score, "score": round(100 * task_result.get_score(), 2)})
+        for task in usable:
+            # mteb keys its cache by model name and revision and task name only: one cache folder per version of
+            # the task's data and splits, so an edited file or another query cap is evaluated afresh
+            with quiet_evaluators():
+                result = mteb.evaluate(model, [task], cache=ResultCache(str(Path(cache_dir) / task_cache_key(task))),
+                                       show_progress_bar=False)
+            for task_result in result.task_results:
+                rows.append({"model": label, "task": task_result.task_name, "type": task.metadata.type,
+                             "main_score": task.metadata.main_score,
+                             "score": round(100 * task_result.get_score(), 2)})
     return rows
+
+
+def task_cache_key(task) -> str:
+    """A folder name for one version of a task: its name, and a digest of its data's revision (local tasks: a digest
+    of the data itself), evaluated splits and subsets."""
+    meta = task.metadata
+    version = json.dumps({"revision": (meta.dataset or {}).get("revision"), "splits": list(meta.eval_splits),
+                          "subsets": sorted(getattr(task, "hf_subsets", None) or [])}, sort_keys=True)
+    return f"{meta.name}-{hashlib.sha1(version.encode()).hexdigest()[:12]}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -50,6 +51,27 @@ def registered_task(name: str):
         return None
 
 
+def data_digest(dataset) -> str:
+    """A digest of a local task's data (every split, text and label): an edit to the data, or another query cap,
+    gives another digest, and so another cache entry (``run.evaluate``)."""
+    digest = hashlib.sha1()
+
+    def visit(value) -> None:
+        if isinstance(value, dict):
+            for key in sorted(value, key=str):
+                digest.update(f"<{key}>".encode())
+                visit(value[key])
+        elif hasattr(value, "to_dict") and hasattr(value, "column_names"):  # a datasets.Dataset
+            visit(value.to_dict())
+        elif isinstance(value, list | tuple):
+            digest.update(json.dumps(value, sort_keys=True, default=str).encode())
+        else:
+            digest.update(repr(value).encode())
+
+    visit(dataset)
+    return digest.hexdigest()[:16]
+
+
 def _task(base, metadata: TaskMetadata, dataset, **attributes):
     """An instance of a one-off subclass of an mteb task class, with its data already loaded.
 
@@ -57,6 +79,7 @@ def _task(base, metadata: TaskMetadata, dataset, **attributes):
     subclasses that task's own class instead: its metadata and evaluation settings (samples_per_label, n_experiments,
     score range, ...) stay mteb's and only the data is ours, so it scores like the hub task on the same data. The
     evaluated splits are those the local data has; a multilingual task is evaluated on its English subset."""
+    metadata = metadata.model_copy(update={"dataset": {**metadata.dataset, "revision": data_digest(dataset)}})
     registered = registered_task(metadata.name)
     if registered is None:
         cls = type(metadata.name, (base,), {"metadata": metadata, "load_data": lambda self, **kw: None, **attributes})
@@ -77,7 +100,7 @@ def _task(base, metadata: TaskMetadata, dataset, **attributes):
         languages = reg_meta.eval_langs
         subset = "en" if "en" in languages else next(k for k, v in languages.items() if "eng-Latn" in v)
         dataset = {subset: dataset["default"] if isinstance(dataset, dict) and "default" in dataset else dataset}
-    local_meta = reg_meta.model_copy(update={"eval_splits": eval_splits})
+    local_meta = reg_meta.model_copy(update={"eval_splits": eval_splits, "dataset": metadata.dataset})
     cls = type(metadata.name, (type(registered),), {"metadata": local_meta, "load_data": lambda self, **kw: None})
     task = cls()
     if reg_meta.is_multilingual:
@@ -184,7 +207,7 @@ def load_beir_folder(folder: Path, name: str | None = None) -> AbsTaskRetrieval:
         raise DataError(f"{folder / 'corpus.jsonl'}: the corpus is empty")
     queries = _jsonl_texts(folder / "queries.jsonl")
     qrels: dict[str, dict[str, int]] = {}
-    with (folder / "qrels" / "test.tsv").open(encoding="utf-8") as handle:
+    with (folder / "qrels" / "test.tsv").open(encoding="utf-8-sig") as handle:  # -sig: a BOM is not a query id
         reader = csv.reader(handle, delimiter="\t")
         for number, row in enumerate(reader, start=1):
             if number == 1 and row[:1] == ["query-id"]:
@@ -237,7 +260,10 @@ def load_labelled_folder(folder: Path, kind: str = "classification", name: str |
     folder = Path(folder)
     splits = {}
     for split in ("train", "test"):
-        files = sorted(folder.glob(f"{split}.*"))
+        files = sorted(p for p in folder.glob(f"{split}.*") if p.suffix.lower() in (".jsonl", ".json", ".tsv", ".csv"))
+        if len(files) > 1:
+            raise DataError(f"{folder}: {' and '.join(p.name for p in files)} are both the {split} split; keep one "
+                            "(which one this evaluates must not depend on file names)")
         if not files:
             if split == "train" and kind == "clustering":
                 continue
@@ -249,6 +275,12 @@ def load_labelled_folder(folder: Path, kind: str = "classification", name: str |
             texts.append(check_text(record["text"], where, "text"))
             labels.append(str(record["label"]))
         splits[split] = (texts, labels)
+        if len(set(labels)) < 2:
+            raise DataError(f"{files[0]}: every row has the label {labels[0]!r}; {kind} needs at least two labels "
+                            "(check the label column)")
+    if kind == "clustering" and len(splits["test"][0]) < 10:
+        raise DataError(f"{folder}: {len(splits['test'][0])} texts; clustering needs at least 10 (mteb clusters "
+                        "bootstrapped subsets of them)")
     if kind == "clustering":
         return clustering_task(name or folder.name, *splits["test"], str(folder))
     return classification_task(name or folder.name, splits["train"], splits["test"], str(folder))

@@ -59,10 +59,20 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from ..embedder.backbones import load_backbone
+    from ..embedder.backbones import BackboneError, load_backbone
     from ..embedder.model import F2LLMEncoder
 
-    model, tokenizer = load_backbone(args.model, num_layers=args.num_layers or None)
+    for index, text in enumerate(args.texts):
+        binary = any("\udc80" <= ch <= "\udcff" for ch in text)  # bytes that are not UTF-8 arrive as surrogates
+        if binary or not text.strip():
+            print(f"error: text #{index + 1} is {'not UTF-8 text (binary bytes)' if binary else 'empty'}; give the "
+                  "texts to embed as arguments, e.g. f2llm embed 'first text' 'second text'", file=sys.stderr)
+            return 2
+    try:
+        model, tokenizer = load_backbone(args.model, num_layers=args.num_layers or None)
+    except BackboneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     embeddings = F2LLMEncoder(model, tokenizer).encode(args.texts, instruction=args.instruction)
     print(json.dumps({"dim": int(embeddings.shape[1]), "cosine": (embeddings @ embeddings.T).round(4).tolist()}))
     return 0

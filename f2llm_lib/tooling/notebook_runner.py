@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
-import yaml
 
 from ..paths import REPO_ROOT
-from ..typed import from_mapping
+from ..typed import from_mapping, load_yaml
 from .chain import CHAIN
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -98,11 +97,19 @@ def load_profile(profile: str, notebook: Path) -> dict[str, Any]:
     folder = PARAMS_DIR / profile
     if not folder.is_dir():
         raise NotebookParameterError(f"unknown profile {profile!r}: no folder {folder}. Profiles: {PROFILES}")
+    known = {nb.stem for nb in all_notebooks()} | {Path(notebook).stem}
+    strays = sorted(p.name for p in folder.glob("*.y*ml") if p.stem not in known)
+    if strays:  # a misspelt file name would leave its notebook on its defaults without a word
+        import difflib
+
+        hints = [f"{name} (did you mean {difflib.get_close_matches(Path(name).stem, known, 1)[0]}.yaml?)"
+                 if difflib.get_close_matches(Path(name).stem, known, 1) else name for name in strays]
+        raise NotebookParameterError(f"{folder}: {', '.join(hints)} names no notebook; profile files are named "
+                                     "after their notebook (<notebook>.yaml), or the notebook runs its defaults")
     path = folder / f"{notebook.stem}.yaml"
     if not path.exists():
         return {}
-    with path.open(encoding="utf-8") as handle:
-        values = yaml.safe_load(handle) or {}
+    values = load_yaml(path.read_text(encoding="utf-8"), str(path), NotebookParameterError) or {}
     if not isinstance(values, dict):
         raise NotebookParameterError(f"{path}: expected a mapping of parameter names to values")
     source = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
@@ -161,18 +168,30 @@ def all_notebooks() -> list[Path]:
 
 
 def run_profile(profile: str, notebooks: list[Path] | None = None, run_dir: Path | None = None,
-                cell_timeout: int = 600, kernel_name: str = KERNEL_NAME, report: bool = True) -> Path:
-    """Run notebooks in order with a profile; return the run folder. Validates all profiles first."""
+                cell_timeout: int = 600, kernel_name: str = KERNEL_NAME, report: bool = True,
+                continue_run: bool = False) -> Path:
+    """Run notebooks in order with a profile; return the run folder. Validates all profiles first.
+
+    Without ``run_dir``, a new folder ``runs/<timestamp>-<profile>[-n]``, created here (two runs started in the same
+    second get two). A ``run_dir`` that holds an earlier run's results is refused unless ``continue_run``: its report
+    would mix the earlier notebooks' scores with this run's."""
     notebooks = notebooks or all_notebooks()
     missing = [str(nb) for nb in notebooks if not Path(nb).is_file()]
     if missing:  # before any run folder exists
         raise NotebookRunError(f"no such notebook: {', '.join(missing)}; the notebooks are "
                                f"{', '.join(p.name for p in all_notebooks())} in {NOTEBOOK_DIR}")
     params = {nb: load_profile(profile, nb) for nb in notebooks}  # fail on a typo before anything runs
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = run_dir or RUNS_DIR / f"{stamp}-{profile}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    timings = {}
+    if run_dir is None:
+        run_dir = new_run_folder(profile)
+    else:
+        earlier = sorted(p.parent.name for p in Path(run_dir).glob("*/results.json"))
+        if earlier and not continue_run:
+            raise NotebookRunError(f"--run-dir {run_dir} holds an earlier run ({', '.join(earlier)}): this run's "
+                                   "notebooks and report would mix with its results. Pass --continue to add to that "
+                                   "run on purpose, or give a new folder (or none: runs/<timestamp>)")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    timings_path = run_dir / "timings.json"
+    timings = json.loads(timings_path.read_text()).get("seconds", {}) if continue_run and timings_path.exists() else {}
     for nb in notebooks:
         chained = chained_parameters(nb, run_dir, params[nb])
         if chained:
@@ -189,6 +208,20 @@ def run_profile(profile: str, notebooks: list[Path] | None = None, run_dir: Path
 
         write_run_report(run_dir)
     return run_dir
+
+
+def new_run_folder(profile: str) -> Path:
+    """``runs/<timestamp>-<profile>``, or ``-2``, ``-3``... when that exists: made here, so it is this run's alone."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    RUNS_DIR.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000):
+        folder = RUNS_DIR / (f"{stamp}-{profile}" if attempt == 1 else f"{stamp}-{profile}-{attempt}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise NotebookRunError(f"{RUNS_DIR}: no free run folder name for {stamp}-{profile}")
 
 
 def chained_parameters(notebook: Path, run_dir: Path, explicit: dict[str, Any]) -> dict[str, Any]:
@@ -213,6 +246,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, help="where executed copies go (default: runs/<timestamp>)")
     parser.add_argument("--cell-timeout", type=int, default=900, help="seconds per cell before failing")
     parser.add_argument("--no-report", action="store_true", help="write no run report (e.g. into runs/interactive)")
+    parser.add_argument("--continue", dest="continue_run", action="store_true",
+                        help="add to the earlier run in --run-dir (without it, a --run-dir holding results is refused)")
     parser.add_argument("--kernel", default=KERNEL_NAME, help="Jupyter kernel name (make registers 'f2llm')")
     parser.add_argument("--quiet", action="store_true", help="do not stream the notebooks' cell outputs")
     args = parser.parse_args(argv)
@@ -224,7 +259,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         logger.setLevel(logging.INFO)
     try:
         run_dir = run_profile(args.profile, [p.resolve() for p in args.notebooks] or None, args.run_dir,
-                              args.cell_timeout, args.kernel, report=not args.no_report)
+                              args.cell_timeout, args.kernel, report=not args.no_report,
+                              continue_run=args.continue_run)
     except (NotebookParameterError, NotebookRunError) as exc:
         print(f"[run_notebooks] ERROR: {exc}", file=sys.stderr)
         return 1

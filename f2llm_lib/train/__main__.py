@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     try:
         result = train(config, resume=args.resume, export=not args.no_export)
-    except (RunFolderError, TokenizedDataError, TokenizerMismatchError, BackboneError) as exc:
+    except (RunFolderError, TokenizedDataError, TokenizerMismatchError, BackboneError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingDiverged as exc:
@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     history = result["history"]
     print(json.dumps({"steps": result["steps"], "final_loss": result["final_loss"], "precision": result["precision"],
                       "final_loss_window": min(len(history), 10),
-                      "last_batch_loss": history[-1]["loss"] if history else None, "export": result.get("export")}))
+                      "last_batch_loss": history[-1]["loss"] if history else None, "export": result.get("export"),
+                      "interrupted": result.get("interrupted")}))
     return 0
 
 

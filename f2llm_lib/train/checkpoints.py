@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..atomic import atomic_write_text
+from ..ownership import owned_by_a_tool
 from .config import TrainConfig
 
 RUN_CONFIG = "run_config.json"
@@ -32,15 +33,29 @@ class RunFolderError(RuntimeError):
 
 def prepare_output_dir(output_dir: Path, config: TrainConfig, resume: bool, is_main: bool) -> None:
     """Check the folder against the request; on a fresh start, record the run's settings (main process)."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise RunFolderError(f"output_dir {output_dir} is a file; give a folder for the run")
+    owner = owned_by_a_tool(output_dir)
+    if owner is not None:
+        raise RunFolderError(f"output_dir {output_dir} is inside {owner}, a folder another tool wrote as a whole and "
+                             "replaces when it runs again (curated data, an export): the run's checkpoints would be "
+                             "deleted with it. Choose an output_dir outside it")
     checkpoints = sorted((output_dir / "checkpoints").glob("step_*")) if (output_dir / "checkpoints").exists() else []
     used = (output_dir / "metrics.jsonl").exists() or bool(checkpoints)
     if used and not resume:
         raise RunFolderError(f"{output_dir} already holds a run (metrics.jsonl or checkpoints/): pass --resume to "
                              "continue it, or choose a new output_dir")
-    settings = _comparable(config)
+    settings = {**_comparable(config), "data_fingerprint": data_fingerprint(config.data_dir)}
     saved_path = output_dir / RUN_CONFIG
     if resume and saved_path.exists():
         saved = json.loads(saved_path.read_text())
+        before, now = saved.get("data_fingerprint"), settings["data_fingerprint"]
+        if before is not None and before != now:
+            raise RunFolderError(f"--resume: the data in {config.data_dir} is not the data this run started on "
+                                 f"(fingerprint {before} then, {now} now: it was curated again). The checkpoint's "
+                                 "position in the data belongs to the old data: start a new run in a new output_dir, "
+                                 "or restore the old data")
+        saved.setdefault("data_fingerprint", now)  # runs started before fingerprints were recorded
         changed = {key: (saved.get(key), value) for key, value in settings.items()
                    if key not in CADENCE_KEYS and saved.get(key) != value}
         if changed:
@@ -52,6 +67,15 @@ def prepare_output_dir(output_dir: Path, config: TrainConfig, resume: bool, is_m
     if is_main and not resume:
         output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(saved_path, json.dumps(settings, indent=2))
+
+
+def data_fingerprint(data_dir: str | Path) -> str | None:
+    """A digest of a tokenized data folder's manifest (its sizes, tokenizer and the recipes that made it): another
+    curation into the same folder gives another fingerprint."""
+    import hashlib
+
+    manifest = Path(data_dir) / "manifest.json"
+    return hashlib.sha1(manifest.read_bytes()).hexdigest()[:16] if manifest.is_file() else None
 
 
 def _comparable(config: TrainConfig) -> dict:
@@ -69,7 +93,14 @@ def required_files(deepspeed: bool, world_size: int) -> list[str]:
 
 def find_checkpoint(output_dir: Path, deepspeed: bool, world_size: int, log=print) -> Path:
     """The newest complete checkpoint with all its files; skips (and says so) any that lacks one."""
+    return next(iter(usable_checkpoints(output_dir, deepspeed, world_size, log)))
+
+
+def usable_checkpoints(output_dir: Path, deepspeed: bool, world_size: int, log=print):
+    """Complete checkpoints with all their files, newest first (each skipped one said with why); raises when there
+    is none at all."""
     folder = output_dir / "checkpoints"
+    found = False
     candidates = sorted(((int(p.name.split("_")[1]), p) for p in folder.glob("step_*")
                          if p.name.split("_")[1].isdigit()), reverse=True) if folder.exists() else []
     for _, path in candidates:
@@ -80,19 +111,29 @@ def find_checkpoint(output_dir: Path, deepspeed: bool, world_size: int, log=prin
         if missing:
             log(f"[train] skipping {path}: missing {', '.join(missing)}; falling back to an earlier checkpoint")
             continue
-        return path
+        found = True
+        yield path
+    if found:
+        return
     raise RunFolderError(f"--resume: no complete checkpoint in {folder} ({len(candidates)} found, none usable); "
                          "start without --resume (in a new output_dir)")
 
 
 def truncate_metrics(metrics_path: Path, step: int) -> None:
     """Drop metric rows past the resumed step (a run killed after logging but before saving wrote them)."""
+    from .metrics import parse_metrics
+
     if not metrics_path.exists():
         return
-    rows = metrics_path.read_text().splitlines()
-    kept = [row for row in rows if row.strip() and json.loads(row)["step"] <= step]
-    if len(kept) != len(rows):
-        atomic_write_text(metrics_path, "".join(row + "\n" for row in kept))
+    text = metrics_path.read_text()
+    try:
+        rows = parse_metrics(text, metrics_path)
+    except ValueError as exc:
+        raise RunFolderError(str(exc)) from exc
+    kept = [row for row in rows if row["step"] <= step]
+    new_text = "".join(json.dumps(row) + "\n" for row in kept)
+    if new_text != text:
+        atomic_write_text(metrics_path, new_text)
 
 
 def complete_checkpoints(output_dir: Path) -> list[Path]:

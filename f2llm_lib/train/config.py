@@ -6,9 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-import yaml
-
-from ..typed import from_mapping, rule
+from ..typed import from_mapping, load_yaml, rule
 
 # Choices defined once: the loader checks its own arguments against the same types.
 Sampling = Literal["per_query", "released"]
@@ -98,13 +96,7 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file; pass --config with a YAML file of training keys")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:  # includes tags such as !!python/object, which safe_load refuses
-            where = getattr(exc, "problem_mark", None)
-            line = f" (line {where.line + 1})" if where is not None else ""
-            raise ConfigError(f"{path}{line}: not plain YAML: {str(exc).splitlines()[0]}; use plain keys and "
-                              "values (no tags)") from exc
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path), ConfigError) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of keys to values")
         return cls.from_dict({**data, **(overrides or {})}, source=str(path))

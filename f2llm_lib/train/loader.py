@@ -169,6 +169,11 @@ class MultitaskLoader:
             n_val = int(n * val_fraction) if n * val_fraction >= 1 else 0
             self.val_rows[name], self.train_rows[name] = np.sort(order[:n_val]), order[n_val:]
         self.datasets = [name for name, rows in self.train_rows.items() if len(rows) >= self.global_batch]
+        self.skipped = {name: len(rows) for name, rows in self.train_rows.items() if len(rows) < self.global_batch}
+        if self.skipped and self.datasets and rank == 0:
+            print(f"[loader] never trained on: {', '.join(f'{n} ({k} training rows)' for n, k in self.skipped.items())}"
+                  f"; a step needs a global batch of {self.global_batch} queries of one dataset (per_device_batch "
+                  f"{per_device_batch} x {world_size} processes). Lower per_device_batch or add data", flush=True)
         if not self.datasets:
             sizes = {name: len(rows) for name, rows in self.train_rows.items()}
             raise TokenizedDataError(f"{self.data_dir}: no dataset has a full global batch of {self.global_batch} "

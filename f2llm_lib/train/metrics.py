@@ -7,10 +7,25 @@ from pathlib import Path
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """The logged rows. A last line cut short (the run was killed while writing it) is left out; a broken line
+    before it is an error naming the line."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no metrics; did the training run start?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return parse_metrics(path.read_text(), path)
+
+
+def parse_metrics(text: str, where: object) -> list[dict]:
+    lines = [line for line in text.split("\n") if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines) and not text.endswith("\n"):
+                break  # cut short while being written: the step it describes was not saved either
+            raise ValueError(f"{where}:{number}: not a JSON line ({exc.msg}); the metrics file was altered") from exc
+    return rows
 
 
 def run_summary(metrics: list[dict], window: int = 10) -> dict:

@@ -12,33 +12,37 @@ gradient of one process with N x B queries.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import pickle
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from ..data.tokenized import TokenizedDataError
 from ..embedder.backbones import load_backbone, load_tokenizer
 from ..embedder.model import F2LLMEncoder
 from ..losses import contrastive_loss
+from ..ownership import output_lock
 from .checkpoints import (
     COMPLETE,
     LOADER_STATE,
     RunFolderError,
-    find_checkpoint,
     prepare_output_dir,
     prune_checkpoints,
     truncate_metrics,
+    usable_checkpoints,
 )
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .distill import TeacherEmbeddings, distill_loss, teacher_cache
 from .guard import DivergenceGuard, batch_statistics
 from .loader import Batch, MultitaskLoader
@@ -91,8 +95,8 @@ def add_lora(model, config: TrainConfig):
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [t for t in targets if t not in present]
     if missing:
-        raise ValueError(f"lora_targets {missing} are not modules of {config.model} (it has e.g. "
-                         f"{sorted(n for n in present if n.endswith('proj'))[:8]})")
+        raise ConfigError(f"lora_targets {missing} are not modules of {config.model} (it has e.g. "
+                          f"{sorted(n for n in present if n.endswith('proj'))[:8]}); name its projection modules")
     return get_peft_model(model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
                                             target_modules=targets))
 
@@ -143,7 +147,58 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True,
     smoothed final loss and the export's path. ``on_step_end(step)`` runs after each step is logged and saved."""
     output_dir = Path(config.output_dir)
     accelerator, deepspeed = start_accelerator(config)
+    with contextlib.ExitStack() as lock:
+        refused = None
+        if accelerator.is_main_process:  # one trainer per output_dir: the main process holds its lock
+            try:
+                lock.enter_context(output_lock(output_dir, "f2llm train", RunFolderError))
+            except RunFolderError as exc:
+                refused = str(exc)
+        refused = broadcast_object_list([refused])[0]  # every rank stops, not only the main one
+        if refused:
+            accelerator.end_training()
+            raise RunFolderError(refused)
+        return _train_locked(accelerator, deepspeed, config, output_dir, resume, export, on_step_end)
+
+
+class StopRequest:
+    """SIGTERM (what a scheduler sends before preemption) as a request: the current step finishes, a checkpoint is
+    saved, and the run returns (``interrupted`` in its result; ``python -m f2llm_lib.train`` exits 0)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self.previous = None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    def agreed(self, accelerator: Accelerator) -> bool:
+        """Whether any rank was asked to stop (all ranks stop at the same step, or their collectives would hang)."""
+        if accelerator.num_processes == 1:
+            return self.signal is not None
+        flag = torch.tensor(1.0 if self.signal is not None else 0.0, device=accelerator.device)
+        return accelerator.reduce(flag, reduction="sum").item() > 0
+
+
+def _train_locked(accelerator: Accelerator, deepspeed: bool, config: TrainConfig, output_dir: Path, resume: bool,
+                  export: bool, on_step_end: Callable[[int], None] | None) -> dict:
     prepare_output_dir(output_dir, config, resume, accelerator.is_main_process)
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise ConfigError("mixed_precision fp16 on a CPU: fp16 autocast needs a GPU, and the run would train in "
+                          "fp32 while its settings say fp16. Use bf16 or no on a CPU")
+    if config.warmup_steps >= config.max_steps:
+        accelerator.print(f"[train] warning: warmup_steps {config.warmup_steps} >= max_steps {config.max_steps}: the "
+                          f"learning rate never reaches lr {config.lr} (it ends at "
+                          f"{config.lr * config.max_steps / max(config.warmup_steps, 1):.2g}); lower warmup_steps")
     set_seed(config.seed)
     loader, tokenizer = open_data(config, accelerator)  # memory maps: instant; checked before any weights load
     encoder = build_encoder(config, loader, tokenizer)
@@ -154,10 +209,13 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True,
     start = resume_from_checkpoint(accelerator, output_dir, loader, config, deepspeed) if resume else 0
     settings = {k: v for k, v in vars(config).items() if v is not None}  # TensorBoard's hparams take no None
     accelerator.init_trackers("f2llm", config={**settings, "precision": accelerator.mixed_precision})
-    history = run_steps(accelerator, encoder, optimizer, scheduler, loader, config, teacher, start, on_step_end)
+    with StopRequest() as stop:
+        history = run_steps(accelerator, encoder, optimizer, scheduler, loader, config, teacher, start, on_step_end,
+                            stop)
     result = {"steps": len(history) + start, "history": history, "final_loss": smoothed_loss(history),
-              "precision": accelerator.mixed_precision}  # what this run trained in, whoever chose it
-    if export and accelerator.is_main_process:
+              "precision": accelerator.mixed_precision,  # what this run trained in, whoever chose it
+              "interrupted": "SIGTERM" if stop.signal is not None else None}
+    if export and accelerator.is_main_process and not result["interrupted"]:
         result["export"] = str(export_final(accelerator, encoder, config, output_dir / "final"))
     accelerator.wait_for_everyone()
     accelerator.end_training()  # last: it also tears the process group down
@@ -193,6 +251,11 @@ def open_data(config: TrainConfig, accelerator: Accelerator) -> tuple[MultitaskL
 def build_encoder(config: TrainConfig, loader: MultitaskLoader, tokenizer) -> F2LLMEncoder:
     """The backbone (pruned, with LoRA adapters and gradient checkpointing when asked) as an encoder, in train mode."""
     model, tokenizer = load_backbone(config.model, num_layers=config.num_layers or None, seed=config.seed)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions and loader.max_length > positions:
+        raise ConfigError(f"texts of up to {loader.max_length} tokens ({config.data_dir}, max_length), but "
+                          f"{config.model} has {positions} positions: the rest would be garbage or an index error. "
+                          f"Set max_length: {positions} (or less), or re-tokenize with --max-length {positions}")
     rows, ids = model.get_input_embeddings().num_embeddings, loader.data.tokenizer["vocab_size"]
     if rows < ids:
         raise TokenizedDataError(f"{config.model} has {rows} embedding rows, fewer than the {ids} token ids its "
@@ -224,7 +287,7 @@ def build_optimizer(config: TrainConfig, encoder: F2LLMEncoder):
 
 def run_steps(accelerator: Accelerator, encoder, optimizer, scheduler, loader: MultitaskLoader,
               config: TrainConfig, teacher: TeacherEmbeddings | None, start: int,
-              on_step_end: Callable[[int], None] | None) -> list[dict]:
+              on_step_end: Callable[[int], None] | None, stop: StopRequest | None = None) -> list[dict]:
     """The loop: one optimizer step at a time; validation, logging, the divergence guard and checkpoints as the
     config says. Returns one record per step."""
     output_dir = Path(config.output_dir)
@@ -245,10 +308,17 @@ def run_steps(accelerator: Accelerator, encoder, optimizer, scheduler, loader: M
             bar.set_postfix(loss=f"{record['loss']:.3f}", smoothed=f"{smoothed_loss(history):.3f}",
                             tok_s=f"{record['tokens_per_second']:.0f}", ds=record["dataset"][:12])
         guard.check(step + 1, record["loss"], batch_stats, record["lr"])  # before saving: the last one stays good
-        if (step + 1) % config.save_every == 0 or step + 1 == last:
+        saved = (step + 1) % config.save_every == 0 or step + 1 == last
+        if saved:
             save_checkpoint(accelerator, output_dir, step + 1, loader, config.keep_checkpoints)
         if on_step_end is not None:
             on_step_end(step + 1)
+        if stop is not None and stop.agreed(accelerator):
+            if not saved:
+                save_checkpoint(accelerator, output_dir, step + 1, loader, config.keep_checkpoints)
+            accelerator.print(f"[train] SIGTERM: stopped after step {step + 1}, checkpoint saved "
+                              f"({output_dir / 'checkpoints' / f'step_{step + 1}'}); continue with --resume")
+            break
     return history
 
 
@@ -308,8 +378,31 @@ def export_final(accelerator: Accelerator, encoder, config: TrainConfig, out_dir
 
 def resume_from_checkpoint(accelerator: Accelerator, output_dir: Path, loader: MultitaskLoader, config: TrainConfig,
                            deepspeed: bool) -> int:
-    """Load the newest usable checkpoint; return its step. Refuses what would load code (see ``checkpoints``)."""
-    checkpoint = find_checkpoint(output_dir, deepspeed, accelerator.num_processes, log=accelerator.print)
+    """Load the newest checkpoint that loads; return its step. A corrupt one (a file cut short, random bytes) is
+    skipped, saying which and why, for the one before it; one that would load code is refused (see ``checkpoints``)."""
+    for checkpoint in usable_checkpoints(output_dir, deepspeed, accelerator.num_processes, log=accelerator.print):
+        try:
+            _load_checkpoint(accelerator, checkpoint, loader, config, deepspeed)
+        except CorruptCheckpoint as exc:
+            accelerator.print(f"[train] skipping {checkpoint}: corrupt ({exc}); falling back to an earlier checkpoint")
+            continue
+        step = int(checkpoint.name.split("_")[1])
+        if accelerator.is_main_process:
+            truncate_metrics(output_dir / "metrics.jsonl", step)
+        accelerator.print(f"[train] resumed from {checkpoint} at step {step}")
+        return step
+    raise RunFolderError(f"--resume: every checkpoint in {output_dir / 'checkpoints'} is corrupt (see above); start "
+                         "a new run in a new output_dir")
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint file that cannot be read as what it should be (cut short, overwritten): not a security issue."""
+
+
+def _load_checkpoint(accelerator: Accelerator, checkpoint: Path, loader: MultitaskLoader, config: TrainConfig,
+                     deepspeed: bool) -> None:
+    from safetensors import SafetensorError
+
     if deepspeed and not config.allow_pickled_checkpoints:
         raise RunFolderError(f"{checkpoint} is a DeepSpeed checkpoint: DeepSpeed loads it with pickle, which can run "
                              "code from the file. Set allow_pickled_checkpoints: true to resume it (only for "
@@ -328,16 +421,17 @@ def resume_from_checkpoint(accelerator: Accelerator, output_dir: Path, loader: M
 
             safe_load(checkpoint / f"random_states_{accelerator.process_index}.pkl")
         accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / LOADER_STATE).read_text())
     except pickle.UnpicklingError as exc:
-        raise RunFolderError(f"{checkpoint}: a state file holds pickled Python objects, which this trainer refuses "
-                             f"to load (torch.load with weights_only=True): {str(exc).splitlines()[0][:200]}. Was "
-                             "the folder replaced or handed to you? Resume from a checkpoint you made") from exc
-    loader.load_state_dict(json.loads((checkpoint / LOADER_STATE).read_text()))
-    step = int(checkpoint.name.split("_")[1])
-    if accelerator.is_main_process:
-        truncate_metrics(output_dir / "metrics.jsonl", step)
-    accelerator.print(f"[train] resumed from {checkpoint} at step {step}")
-    return step
+        text = str(exc)
+        if "Unsupported global" in text or "GLOBAL" in text:  # a pickle that names Python objects: altered
+            raise RunFolderError(f"{checkpoint}: a state file holds pickled Python objects, which this trainer "
+                                 f"refuses to load (torch.load with weights_only=True): {text.splitlines()[0][:200]}. "
+                                 "Was the folder replaced or handed to you? Resume from a checkpoint you made") from exc
+        raise CorruptCheckpoint(f"a state file is not a readable tensor file: {text.splitlines()[0][:120]}") from exc
+    except (SafetensorError, EOFError, RuntimeError, ValueError, OSError, KeyError) as exc:
+        raise CorruptCheckpoint(f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}") from exc
+    loader.load_state_dict(state)
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, loader: MultitaskLoader,
