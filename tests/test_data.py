@@ -39,7 +39,7 @@ def _curate_bad(tmp_path, text, rows, suffix="jsonl"):
 
 
 @pytest.mark.parametrize("text, rows, suffix, message", [
-    ("name: [unclosed", None, "jsonl", r"recipe.yaml: malformed YAML"),
+    ("name: [unclosed", None, "jsonl", r"recipe.yaml:1: not plain YAML"),
     (GOOD + "max_sample: 3\n", None, "jsonl", r"recipe.yaml: unknown key 'max_sample' \(did you mean max_samples\?\)"),
     (GOOD.replace("kind: pairs", "kind: pairz"), None, "jsonl",
      r"build.kind must be one of tuples, pairs, .*, got str 'pairz'"),

@@ -29,9 +29,12 @@ def test_sts_through_mteb_equals_direct_spearman(shared_data, tiny, tmp_path):
     cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     direct = scipy.stats.spearmanr(cosine, [float(r["score"]) for r in records]).statistic
     assert abs(rows[0]["score"] / 100 - direct) <= 1e-6 + 0.5e-4  # mteb's score is rounded to 4 decimals here
-    from mteb.cache import ResultCache  # and the unrounded score from the cache, to 1e-6
+    from mteb.cache import ResultCache  # and the unrounded score from the cache (the task's own folder), to 1e-6
 
-    cached = ResultCache(str(tmp_path)).load_results(models=["f2llm-local/tiny"], tasks=["LocalSTSB"])
+    from f2llm_lib.evaluation.run import task_cache_key
+
+    folder = tmp_path / task_cache_key(load_sts_file(path, "LocalSTSB"))
+    cached = ResultCache(str(folder)).load_results(models=["f2llm-local/tiny"], tasks=["LocalSTSB"])
     score = cached.model_results[0].task_results[0].get_score()
     assert abs(score - direct) <= 1e-6
 
@@ -66,7 +69,8 @@ def test_good_beir_folder_and_other_local_formats(tmp_path):
     with pytest.raises(DataError, match=r"sts.jsonl:1: missing column 'score'"):
         load_sts_file(tmp_path / "sts.jsonl")
     (tmp_path / "cls").mkdir()
-    (tmp_path / "cls" / "test.jsonl").write_text(json.dumps({"text": "x", "label": 1}))
+    (tmp_path / "cls" / "test.jsonl").write_text("".join(json.dumps({"text": f"text {i}", "label": i % 3}) + "\n"
+                                                         for i in range(12)))
     with pytest.raises(DataError, match=r"missing train.jsonl"):
         load_labelled_folder(tmp_path / "cls")
     assert load_labelled_folder(tmp_path / "cls", kind="clustering").metadata.type == "Clustering"

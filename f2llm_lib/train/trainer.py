@@ -395,6 +395,25 @@ def resume_from_checkpoint(accelerator: Accelerator, output_dir: Path, loader: M
                          "a new run in a new output_dir")
 
 
+def _pickles_naming_code(checkpoint: Path) -> list[str]:
+    """State files that are whole, valid pickles calling Python objects (GLOBAL, REDUCE...): put there on purpose,
+    unlike random bytes or a file cut short, which do not parse as a pickle at all."""
+    import pickletools
+    import zipfile
+
+    found = []
+    for path in sorted(checkpoint.iterdir()):
+        if not path.is_file() or path.suffix not in (".pkl", ".bin") or zipfile.is_zipfile(path):
+            continue
+        try:
+            opcodes = {op.name for op, _, _ in pickletools.genops(path.read_bytes())}
+        except (ValueError, EOFError, UnicodeDecodeError, pickle.UnpicklingError):
+            continue  # not a pickle: corrupt, not planted
+        if opcodes & {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"}:
+            found.append(path.name)
+    return found
+
+
 class CorruptCheckpoint(Exception):
     """A checkpoint file that cannot be read as what it should be (cut short, overwritten): not a security issue."""
 
@@ -424,7 +443,7 @@ def _load_checkpoint(accelerator: Accelerator, checkpoint: Path, loader: Multita
         state = json.loads((checkpoint / LOADER_STATE).read_text())
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "Unsupported global" in text or "GLOBAL" in text:  # a pickle that names Python objects: altered
+        if "Unsupported global" in text or _pickles_naming_code(checkpoint):  # a pickle that names Python objects
             raise RunFolderError(f"{checkpoint}: a state file holds pickled Python objects, which this trainer "
                                  f"refuses to load (torch.load with weights_only=True): {text.splitlines()[0][:200]}. "
                                  "Was the folder replaced or handed to you? Resume from a checkpoint you made") from exc
