@@ -4,6 +4,7 @@ batch, which test_train shows 2 DDP processes do too."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -86,3 +87,30 @@ def test_trainer_fills_deepspeed_batch_settings_before_prepare():
     ds = configure_deepspeed(FakeAccelerator(), config)
     assert ds["train_micro_batch_size_per_gpu"] == 16 and ds["gradient_accumulation_steps"] == 2
     assert ds["gradient_clipping"] == 1.0 and ds["zero_optimization"]["stage"] == 2
+
+
+def test_the_zero2_launch_configs_bf16_reaches_deepspeeds_config(tmp_path):
+    """`accelerate launch --config_file ci/accelerate/gpu_8_zero2.yaml`, with the config's mixed_precision unset:
+    the launch file's bf16 must reach the DeepSpeed config our trainer hands to DeepSpeed (not fp32, as when the
+    config's own default overrode the launcher). Launched here on the CPU twin of that file with the GPU file's
+    precision, one process: the accelerator as the trainer starts it, then its DeepSpeed config."""
+    gpu = yaml.safe_load((REPO_ROOT / "ci" / "accelerate" / "gpu_8_zero2.yaml").read_text())
+    assert gpu["distributed_type"] == "DEEPSPEED" and gpu["mixed_precision"] == "bf16"
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import json\n"
+        "from f2llm_lib.train.config import TrainConfig\n"
+        "from f2llm_lib.train.trainer import configure_deepspeed, start_accelerator\n"
+        "config = TrainConfig.from_dict({'per_device_batch': 4})\n"
+        "accelerator, deepspeed = start_accelerator(config)\n"
+        "ds = configure_deepspeed(accelerator, config)\n"
+        "print('PROBE', json.dumps({'deepspeed': deepspeed, 'precision': accelerator.mixed_precision,\n"
+        "                           'bf16': ds.get('bf16', {}), 'fp16': ds.get('fp16', {})}))\n")
+    out = subprocess.run(ACCELERATE + [str(REPO_ROOT / "ci" / "accelerate" / "cpu_2proc_zero2.yaml"),
+                                       "--num_processes", "1", "--mixed_precision", gpu["mixed_precision"],
+                                       "--main_process_port", str(free_port()), str(script)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ}, cwd=str(REPO_ROOT))
+    assert out.returncode == 0, out.stderr[-4000:]
+    probe = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("PROBE"))[6:])
+    assert probe["deepspeed"] and probe["precision"] == "bf16"
+    assert probe["bf16"].get("enabled") is True and not probe["fp16"].get("enabled", False), probe
