@@ -233,6 +233,12 @@ def _curate_into(recipe_path, out_dir: Path, backbone: str, scorer_spec: str | N
     tokenizer = load_tokenizer(backbone)  # a wrong spec fails in seconds, not after mining
     specs = recipe_path if isinstance(recipe_path, list | tuple) else [recipe_path]
     recipes = [r for spec in specs for r in expand_mix(spec)]  # all parsed before any is curated
+    if any(r.build.kind == "f2llm_v2_tokenized" for r in recipes):
+        if len(recipes) > 1:
+            raise DataError(f"{', '.join(str(r.path) for r in recipes)}: an F2LLM-v2 training folder is curated on its "
+                            "own (it is tokenized already, and its datasets are its files); curate other recipes "
+                            "into another folder")
+        return _import_v2_into(recipes[0], out_dir, tokenizer, backbone, max_length, max_samples)
     if max_samples is not None:  # a cap per dataset that overrides every recipe's own (notebooks, quick runs)
         if max_samples < 1:
             raise DataError(f"max_samples must be positive, got {max_samples}")
@@ -267,6 +273,22 @@ def _curate_into(recipe_path, out_dir: Path, backbone: str, scorer_spec: str | N
     return result
 
 
+def _import_v2_into(recipe: Recipe, out_dir: Path, tokenizer, backbone: str, max_length: int,
+                    max_samples: int | None) -> CurationResult:
+    """F2LLM-v2's training layout (already tokenized) into ``out_dir``, as a whole (``released_v2``)."""
+    from .released_v2 import import_v2
+
+    if max_samples is not None:
+        recipe.max_samples = max_samples
+    provenance = {"recipe": recipe.name, "recipes": [recipe.name], "recipe_sha1": {recipe.name: recipe.digest},
+                  "backbone": backbone, "source_layout": "f2llm-v2 (already tokenized)"}
+    with atomic_folder(out_dir, prefix="curating-") as work:
+        manifest = import_v2(recipe, tokenizer, backbone, work / "tokenized", max_length, provenance)
+        (work / "reports.json").write_text(json.dumps({"imported": manifest["queries_per_dataset"]}, indent=2))
+        (work / OUTPUT_MARKER).write_text(json.dumps(provenance))
+    return CurationResult(datasets={}, manifest=manifest)
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from ..embedder.backbones import BackboneError
 
@@ -287,7 +309,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except (DataError, BackboneError, TokenizedDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps({"datasets": {k: len(v) for k, v in result.datasets.items()},
+    print(json.dumps({"datasets": {k: len(v) for k, v in result.datasets.items()} or
+                      result.manifest.get("queries_per_dataset", {}),
                       "mining": {k: v.summary() for k, v in result.mining.items()},
                       "out": str(args.out)}, indent=2))
     return 0

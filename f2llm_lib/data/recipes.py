@@ -31,7 +31,7 @@ RECIPE_DIR = REPO_ROOT / "data_recipes"
 PUBLIC_DATA = "${PUBLIC_DATA}"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 TaskType = Literal["retrieval", "classification", "clustering"]
-BuildKind = Literal["tuples", "pairs", "label_verbalisation", "same_cluster", "pycode"]
+BuildKind = Literal["tuples", "pairs", "label_verbalisation", "same_cluster", "pycode", "f2llm_v2_tokenized"]
 # build kind -> (task types it makes, the roles its ``fields`` must map to source columns)
 BUILD_NEEDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "tuples": (TASK_TYPES, ("query", "positive")),
@@ -39,6 +39,8 @@ BUILD_NEEDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "label_verbalisation": (("classification",), ("text", "label")),
     "same_cluster": (("clustering",), ("text", "label")),
     "pycode": (TASK_TYPES, ()),
+    # F2LLM-v2's training layout, already tokenized (``released_v2``): task types come from the dataset names
+    "f2llm_v2_tokenized": (TASK_TYPES, ()),
 }
 
 
@@ -368,8 +370,14 @@ def build_same_cluster(recipe: Recipe, records: list[tuple[str, dict]], rng: ran
     return BuiltDataset(recipe.name, _cap(tuples, recipe, rng), corpus=corpus, corpus_groups=groups)
 
 
+def _tokenized_elsewhere(recipe: Recipe, records, rng) -> BuiltDataset:
+    raise DataError(f"{recipe.path}: build.kind f2llm_v2_tokenized is data tokenized already (F2LLM-v2's training "
+                    "layout): curate it with the pipeline (run_recipe, python -m f2llm_lib.data.pipeline), which "
+                    "writes it straight into the tokenized format")
+
+
 BUILDERS = {"tuples": build_tuples, "pairs": build_pairs, "label_verbalisation": build_label_verbalisation,
-            "same_cluster": build_same_cluster}
+            "same_cluster": build_same_cluster, "f2llm_v2_tokenized": _tokenized_elsewhere}
 
 
 def build_examples(recipe: Recipe, records: list[tuple[str, dict]]) -> BuiltDataset:

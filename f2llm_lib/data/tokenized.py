@@ -196,6 +196,33 @@ class TokenizedWriter:
                                "query_tokens": queries.total, "negative_refs": negatives.total}
         return queries.count
 
+    def add_documents(self, arrays: list[np.ndarray]) -> None:
+        """Append documents that are already token ids (EOS last, at most max_length): the next doc ids, in order.
+        For data tokenized elsewhere (F2LLM-v2's layout); text goes through ``add_dataset``."""
+        self.corpus.extend(arrays)
+        self.histogram["documents"] += np.histogram([len(a) for a in arrays], bins=LENGTH_BINS)[0]
+
+    def add_tokenized_dataset(self, name: str, task_type: str, batches: Iterable[tuple]) -> int:
+        """Write one dataset whose queries are token ids and whose positives and negatives are doc ids of documents
+        already added: ``batches`` yields (query arrays, positive doc ids, negative doc ids per query)."""
+        if name in self.datasets:
+            raise TokenizedDataError(f"dataset {name!r} is written twice; give each dataset its own name")
+        check_dataset_name(name, "dataset name")
+        folder = self.tmp / "queries" / name
+        queries = _RaggedWriter(folder)
+        negatives = _RaggedWriter(folder, "neg_ids.bin", "neg_offsets.bin", INDEX_DTYPE)
+        with (folder / "positive.bin").open("wb") as positives:
+            for query_arrays, positive_ids, negative_ids in batches:
+                queries.extend(query_arrays)
+                self.histogram["queries"] += np.histogram([len(q) for q in query_arrays], bins=LENGTH_BINS)[0]
+                np.asarray(positive_ids, INDEX_DTYPE).tofile(positives)
+                negatives.extend(negative_ids)
+        queries.close()
+        negatives.close()
+        self.datasets[name] = {"rows": queries.count, "task_type": task_type, "query_tokens": queries.total,
+                               "negative_refs": negatives.total}
+        return queries.count
+
     def close(self) -> dict:
         """Write the manifest and move the folder into place (replacing an older one); return the manifest."""
         self.corpus.close()

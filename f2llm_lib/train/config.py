@@ -42,7 +42,10 @@ class TrainConfig:
     num_negatives: int = field(default=7, metadata=rule(lambda v: v >= 0, "0 or more"))
     # negatives per clustering query (F2LLM-v2: 9; 0: num_negatives); classification: 1
     clustering_negatives: int = field(default=0, metadata=rule(lambda v: v >= 0, "0 or more"))
-    # per_query, or released: F2LLM's fixed dataset weights + one negative draw per batch
+    # per_query, or released: F2LLM's fixed dataset weights + one negative draw per batch (as v1's and v2's collate:
+    # k positions drawn once and shared by the batch's queries). Either way the k is per task type: num_negatives
+    # for retrieval (7 of the 24 stored), clustering_negatives for clustering (v2: 9), the stored one for
+    # classification; F2LLM-v2's layout (build.kind f2llm_v2_tokenized) trains with the same rules
     sampling: Sampling = "per_query"
     # sorted: texts run in groups of similar length; single: one pad length (F2LLM's collate)
     padding: Padding = "sorted"
