@@ -558,15 +558,29 @@ def test_error_messages_do_not_build_an_unbounded_repr():
     ("mixed_precision", "fp16", "fp16 on a CPU"),
     ("lora_rank", 4, "lora_targets ['nope'] are not modules"),
 ])
-def test_config_mistakes_are_one_line_from_the_command(tmp_path, data_dir, key, value, words):
+def test_config_mistakes_are_one_line_from_the_command(tmp_path, data_dir, key, value, words, capsys):
     overrides = {key: value, "lora_targets": "nope"} if key == "lora_rank" else {key: value}
-    _one_line_error(_cli(tmp_path, _config(tmp_path, data_dir, **overrides)), words)
+    if key == "mixed_precision" and value == "fp16":  # starts an accelerator in fp16: its own process
+        _one_line_error(_cli(tmp_path, _config(tmp_path, data_dir, **overrides)), words)
+    else:  # the command's own entry point, in this process (no interpreter start per case)
+        from f2llm_lib.train.__main__ import main
+
+        path = tmp_path / "cfg.yaml"
+        path.write_text(yaml.safe_dump(_config(tmp_path, data_dir, **overrides)))
+        status = main(["--config", str(path), "--no-export"])
+        printed = capsys.readouterr()
+        assert status == 2 and "Traceback" not in printed.err and words in printed.err, printed.err[-2000:]
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-def test_an_output_dir_that_is_a_file_is_one_line(tmp_path, data_dir):
+def test_an_output_dir_that_is_a_file_is_one_line(tmp_path, data_dir, capsys):
+    from f2llm_lib.train.__main__ import main
+
     (tmp_path / "run").write_text("x")
-    _one_line_error(_cli(tmp_path, _config(tmp_path, data_dir)), "is a file")
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path, data_dir)))
+    assert main(["--config", str(path), "--no-export"]) == 2
+    assert "is a file" in capsys.readouterr().err
     assert (tmp_path / "run").read_text() == "x"
 
 
@@ -592,13 +606,18 @@ def _f2llm(*args, cwd=None):
                           timeout=300, cwd=cwd, errors="replace")
 
 
-@pytest.mark.parametrize(("text", "words"), [(b"\xff\xfe\x00\x01"[:2], "not UTF-8 text"), (b"   ", "is empty")])
-def test_embed_with_a_binary_or_empty_argument_is_one_line(text, words):
-    _one_line_error(_f2llm(b"embed", b"ok text", text, b"--model", b"tiny-qwen3"), words)
+def test_embed_with_a_binary_or_empty_argument_is_one_line():
+    # the real command: bytes that are not UTF-8 reach Python's argv as surrogates
+    _one_line_error(_f2llm(b"embed", b"ok text", b"\xff\xfe", b"--model", b"tiny-qwen3"), "not UTF-8 text")
 
 
-def test_embed_with_a_missing_model_is_one_line(tmp_path):
-    _one_line_error(_f2llm("embed", "a text", "--model", str(tmp_path / "no-such-model")), "not found locally")
+def test_embed_with_an_empty_text_or_a_missing_model_is_one_line(tmp_path, capsys):
+    from f2llm_lib.tooling.cli import main
+
+    assert main(["embed", "ok text", "   ", "--model", "tiny-qwen3"]) == 2
+    assert "is empty" in capsys.readouterr().err
+    assert main(["embed", "a text", "--model", str(tmp_path / "no-such-model")]) == 2
+    assert "not found locally" in capsys.readouterr().err
 
 
 def _model_folder(tmp_path, tiny, name="model") -> Path:
