@@ -150,14 +150,17 @@ class TokenizedWriter:
             ids.append(doc_id)
         return ids
 
-    def add_dataset(self, name: str, tuples: Iterable[TrainingTuple]) -> int:
-        """Tokenize and write one dataset, ``batch_size`` tuples at a time; return its number of queries."""
+    def _dataset_writers(self, name: str) -> tuple[Path, _RaggedWriter, _RaggedWriter]:
+        """A new dataset's folder and its query and negative writers (a name used twice, or not plain, is refused)."""
         if name in self.datasets:
             raise TokenizedDataError(f"dataset {name!r} is written twice; give each dataset its own name")
         check_dataset_name(name, "dataset name")
         folder = self.tmp / "queries" / name
-        queries = _RaggedWriter(folder)
-        negatives = _RaggedWriter(folder, "neg_ids.bin", "neg_offsets.bin", INDEX_DTYPE)
+        return folder, _RaggedWriter(folder), _RaggedWriter(folder, "neg_ids.bin", "neg_offsets.bin", INDEX_DTYPE)
+
+    def add_dataset(self, name: str, tuples: Iterable[TrainingTuple]) -> int:
+        """Tokenize and write one dataset, ``batch_size`` tuples at a time; return its number of queries."""
+        folder, queries, negatives = self._dataset_writers(name)
         positives = (folder / "positive.bin").open("wb")
         task_types: set[str] = set()
         pending: list[tuple] = []
@@ -205,12 +208,7 @@ class TokenizedWriter:
     def add_tokenized_dataset(self, name: str, task_type: str, batches: Iterable[tuple]) -> int:
         """Write one dataset whose queries are token ids and whose positives and negatives are doc ids of documents
         already added: ``batches`` yields (query arrays, positive doc ids, negative doc ids per query)."""
-        if name in self.datasets:
-            raise TokenizedDataError(f"dataset {name!r} is written twice; give each dataset its own name")
-        check_dataset_name(name, "dataset name")
-        folder = self.tmp / "queries" / name
-        queries = _RaggedWriter(folder)
-        negatives = _RaggedWriter(folder, "neg_ids.bin", "neg_offsets.bin", INDEX_DTYPE)
+        folder, queries, negatives = self._dataset_writers(name)
         with (folder / "positive.bin").open("wb") as positives:
             for query_arrays, positive_ids, negative_ids in batches:
                 queries.extend(query_arrays)
