@@ -7,23 +7,28 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import itertools
 import json
 import os
 import shutil
 import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
-from ..atomic import atomic_file, atomic_folder
+from ..atomic import atomic_folder
 from ..embedder.prompts import query_prompt
 from ..ownership import check_replaceable, output_lock
 from .decontaminate import DecontaminationReport, Decontaminator
 from .mining import BM25Scorer, EncoderScorer, MiningReport, mine_hard_negatives
 from .recipes import (
+    BuiltDataset,
     Recipe,
     build_examples,
     build_pycode_examples,
@@ -32,18 +37,80 @@ from .recipes import (
     mix_file_recipe,
     read_records,
     resolve_path,
+    stream_tuples,
 )
 from .schema import DataError, TrainingTuple, validate_tuple
-from .tokenized import TokenizedDataError, write_training_files
+from .tokenized import TokenizedDataError, TokenizedWriter, default_tokenizing_processes
 
 
 @dataclass
 class CurationResult:
-    datasets: dict[str, list[TrainingTuple]]
+    """What curation made: per dataset its tuples (lists from :func:`curate`; from :func:`run_recipe`, the tuples
+    file it wrote, read on demand: :class:`StoredTuples`), and the reports."""
+
+    datasets: dict[str, Sequence[TrainingTuple]]
     mining: dict[str, MiningReport] = field(default_factory=dict)
     decontamination: DecontaminationReport = field(default_factory=DecontaminationReport)
     manifest: dict[str, Any] = field(default_factory=dict)
     duplicates: dict[str, int] = field(default_factory=dict)  # per dataset: repeated (query, positive) rows dropped
+    tokenizing: dict[str, float] = field(default_factory=dict)  # processes used, their peak RSS (run_recipe)
+
+
+TUPLE_SCHEMA = pa.schema([("dataset", pa.string()), ("task_type", pa.string()), ("instruction", pa.string()),
+                          ("query", pa.string()), ("passage", pa.string()), ("negatives", pa.list_(pa.string()))])
+
+
+class StoredTuples(Sequence):
+    """A curated dataset as written to ``tuples/<name>.parquet``: its length from the file's metadata, its tuples
+    read a parquet batch at a time when iterated (indexing reads the whole file: for small data)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def __len__(self) -> int:
+        return pq.ParquetFile(self.path).metadata.num_rows
+
+    def __iter__(self) -> Iterator[TrainingTuple]:
+        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                yield TrainingTuple(row["dataset"], row["task_type"], row["instruction"], row["query"],
+                                    row["passage"], row["negatives"])
+
+    def __getitem__(self, index):
+        return list(self)[index]
+
+    def __repr__(self) -> str:
+        return f"StoredTuples({str(self.path)!r}, {len(self)} tuples)"
+
+
+class TupleFileWriter:
+    """Writes a dataset's tuples to one parquet file as they stream past (``passing``), a batch at a time."""
+
+    def __init__(self, path: Path, batch_size: int = 1024) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = pq.ParquetWriter(path, TUPLE_SCHEMA, compression="zstd")
+        self.batch_size = batch_size
+
+    def passing(self, tuples: Iterable[TrainingTuple]) -> Iterator[TrainingTuple]:
+        batch: list[TrainingTuple] = []
+        for item in tuples:
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                self._write(batch)
+                yield from batch
+                batch = []
+        if batch:
+            self._write(batch)
+            yield from batch
+
+    def _write(self, batch: list[TrainingTuple]) -> None:
+        columns = {"dataset": [t.dataset for t in batch], "task_type": [t.task_type for t in batch],
+                   "instruction": [t.instruction for t in batch], "query": [t.query for t in batch],
+                   "passage": [t.positive for t in batch], "negatives": [t.negatives for t in batch]}
+        self.writer.write_table(pa.table(columns, schema=TUPLE_SCHEMA))
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def eval_texts(names: list[str], recipe: Recipe | None = None) -> list[str]:
@@ -101,19 +168,38 @@ def make_scorer(spec: str, num_layers: int | None = None, instruction: str | Non
 
 def curate(recipe: Recipe, scorer_spec: str | None = None, num_layers: int | None = None,
            show_progress: bool = True) -> CurationResult:
-    """Build, decontaminate and mine every dataset of a recipe (nothing is written)."""
-    if recipe.source.kind == "pycode":
-        built = build_pycode_examples(recipe, "train")
-    elif recipe.source.data_files == "all":  # the released F2LLM mix: one dataset per file
-        built = [build_examples(part, read_records(part))
-                 for part in (mix_file_recipe(recipe, file) for file in f2llm_mix_files(recipe))]
-    else:
-        built = [build_examples(recipe, read_records(recipe))]
+    """Build, decontaminate and mine every dataset of a recipe, in memory (nothing is written): for small data and
+    for looking at the tuples. :func:`run_recipe` streams the same tuples to disk instead."""
+    result = CurationResult(datasets={})
+    for name, tuples in curate_stream(recipe, scorer_spec, num_layers, show_progress, result):
+        kept = list(tuples)
+        if kept:
+            result.datasets[name] = kept
+    return result
+
+
+def curate_stream(recipe: Recipe, scorer_spec: str | None = None, num_layers: int | None = None,
+                  show_progress: bool = True, result: CurationResult | None = None,
+                  ) -> Iterator[tuple[str, Iterator[TrainingTuple]]]:
+    """Each dataset of a recipe as ``(name, tuples)``, the tuples a stream to be consumed before the next dataset.
+
+    Rows already in tuple form (``build.kind: tuples``, the released F2LLM data) stream from the file through
+    decontamination, validation and de-duplication with bounded state: the evaluation texts' hashes and a 16-byte
+    digest per kept (query, positive) pair. Datasets whose negatives are mined need their candidate corpus in memory
+    (the scorer ranks all of it), so they are built whole, then streamed. ``result`` collects the reports as the
+    streams are consumed."""
+    result = result if result is not None else CurationResult(datasets={})
     decontaminator = Decontaminator(eval_texts(recipe.decontaminate_against, recipe)) \
         if recipe.decontaminate_against else None
-    result = CurationResult(datasets={})
     scorer = None
-    for dataset in built:
+    for source in _dataset_sources(recipe):
+        if isinstance(source, Recipe):  # streamed
+            tuples = stream_tuples(source)
+            if decontaminator is not None:
+                tuples = decontaminator.filter_stream(tuples, result.decontamination)
+            yield source.name, _checked(source.name, tuples, result, recipe)
+            continue
+        dataset = source
         if not dataset.tuples:
             continue
         name = dataset.name
@@ -125,7 +211,7 @@ def curate(recipe: Recipe, scorer_spec: str | None = None, num_layers: int | Non
                 dataset = dataset.keep_corpus([not decontaminator.matches(t) or t in positives
                                                for t in dataset.corpus])
         tuples = dataset.tuples
-        if dataset.mine:
+        if dataset.mine and tuples:
             if scorer is None:  # one model for every dataset of the recipe; only the instruction changes
                 scorer = make_scorer(scorer_spec or recipe.mining.scorer, num_layers)
             scorer.instruction = tuples[0].instruction or None
@@ -137,13 +223,40 @@ def curate(recipe: Recipe, scorer_spec: str | None = None, num_layers: int | Non
             warn_shortfall(name, report)
             tuples = [TrainingTuple(t.dataset, t.task_type, t.instruction, t.query, t.positive, n)
                       for t, n in zip(tuples, negatives, strict=True) if n is not None]
-        tuples = [validate_tuple(t, f"{recipe.path}: dataset {name}, tuple {i}") for i, t in enumerate(tuples)]
-        result.datasets[name], result.duplicates[name] = drop_duplicates(tuples)
-        if result.duplicates[name]:
-            print(f"[curate] WARNING dataset {name}: dropped {result.duplicates[name]} duplicate (query, positive) "
-                  f"rows of {len(tuples)}: repeated pairs become false in-batch negatives of each other",
-                  file=sys.stderr, flush=True)
-    return result
+        yield name, _checked(name, iter(tuples), result, recipe)
+
+
+def _dataset_sources(recipe: Recipe) -> Iterator[Recipe | BuiltDataset]:
+    """A recipe's datasets, lazily: a recipe to stream (rows in tuple form), or a dataset built in memory."""
+    if recipe.source.kind == "pycode":
+        yield from build_pycode_examples(recipe, "train")
+        return
+    parts = [mix_file_recipe(recipe, file) for file in f2llm_mix_files(recipe)] \
+        if recipe.source.data_files == "all" else [recipe]  # the released F2LLM mix: one dataset per file
+    for part in parts:
+        yield part if part.build.kind == "tuples" else build_examples(part, read_records(part))
+
+
+def _checked(name: str, tuples: Iterable[TrainingTuple], result: CurationResult,
+             recipe: Recipe) -> Iterator[TrainingTuple]:
+    """Validate each tuple (an error names the recipe, the dataset and the tuple) and keep the first of each
+    (query, positive) pair: repeated pairs would be false in-batch negatives of each other."""
+    seen: set[bytes] = set()
+    dropped = count = 0
+    for count, item in enumerate(tuples, start=1):
+        validate_tuple(item, f"{recipe.path}: dataset {name}, tuple {count - 1}")
+        query = item.query.encode()
+        digest = hashlib.blake2b(len(query).to_bytes(8, "little") + query + item.positive.encode(),
+                                 digest_size=16).digest()
+        if digest in seen:
+            dropped += 1
+            continue
+        seen.add(digest)
+        yield item
+    result.duplicates[name] = dropped
+    if dropped:
+        print(f"[curate] WARNING dataset {name}: dropped {dropped} duplicate (query, positive) rows of {count}: "
+              "repeated pairs become false in-batch negatives of each other", file=sys.stderr, flush=True)
 
 
 SHORTFALL_WARNING = 0.10  # warn when more than this share of a dataset's queries lacked mined negatives
@@ -159,28 +272,6 @@ def warn_shortfall(name: str, report) -> None:
               f"negatives passing the mining rule; {policy[report.config.get('on_shortfall', 'random_fill')]}. A "
               "scorer that separates the data better (an embedding model) or a wider range_max gives real hard "
               "negatives", file=sys.stderr, flush=True)
-
-
-def drop_duplicates(tuples: list[TrainingTuple]) -> tuple[list[TrainingTuple], int]:
-    """Keep the first tuple of each (query, positive) pair; return (kept, number dropped)."""
-    seen: set[tuple[str, str]] = set()
-    kept = []
-    for item in tuples:
-        key = (item.query, item.positive)
-        if key not in seen:
-            seen.add(key)
-            kept.append(item)
-    return kept, len(tuples) - len(kept)
-
-
-def write_tuples(result: CurationResult, out_dir: Path) -> None:
-    """The unified tuples as parquet, one file per dataset (columns query, passage, negative_1..n, ...)."""
-    (out_dir / "tuples").mkdir(parents=True, exist_ok=True)
-    for name, tuples in result.datasets.items():
-        width = max((len(t.negatives) for t in tuples), default=0)
-        table = pa.Table.from_pylist([t.as_row(width) for t in tuples])
-        with atomic_file(out_dir / "tuples" / f"{name}.parquet") as tmp:
-            pq.write_table(table, tmp)
 
 
 OUTPUT_MARKER = ".f2llm-pipeline.json"  # marks a folder this pipeline wrote (and may replace)
@@ -211,23 +302,29 @@ def check_output_dir(out_dir: Path) -> None:
 
 def run_recipe(recipe_path: str | Path | list, out_dir: str | Path, backbone: str = "smollm2-135m",
                scorer_spec: str | None = None, max_length: int = 256, num_layers: int | None = None,
-               show_progress: bool = True, max_samples: int | None = None) -> CurationResult:
+               show_progress: bool = True, max_samples: int | None = None,
+               workers: int | None = None) -> CurationResult:
     """Curate one recipe, a mix recipe (``mix: [recipe, ...]``) or a list of recipes, and write tuples, tokenized
     files (one corpus for all, with ``backbone``'s own tokenizer), reports and the manifest to ``out_dir``, as a
     whole: everything is written to a hidden sibling folder that replaces ``out_dir`` only once complete, so an
     interrupted run leaves the previous output intact and never a mix of two runs. ``max_samples`` caps every
-    dataset, overriding the recipes' own caps."""
+    dataset, overriding the recipes' own caps; ``workers``: tokenizing processes beside this one (None: one per spare
+    core, at most 4, started once a dataset passes 32k tuples; 0: tokenize in this process).
+
+    Memory stays bounded whatever the size of a source in tuple form (the released F2LLM data): see
+    :func:`curate_stream`. The result's ``datasets`` read the written tuples files on demand."""
     out_dir = Path(out_dir)
     if max_length < 2:
         raise DataError(f"--max-length must be at least 2 (one token and the EOS), got {max_length}")
     with output_lock(out_dir, "f2llm curate", DataError):  # one curation per folder at a time
         check_output_dir(out_dir)  # before anything expensive
         return _curate_into(recipe_path, out_dir, backbone, scorer_spec, max_length, num_layers, show_progress,
-                            max_samples)
+                            max_samples, workers)
 
 
 def _curate_into(recipe_path, out_dir: Path, backbone: str, scorer_spec: str | None, max_length: int,
-                 num_layers: int | None, show_progress: bool, max_samples: int | None) -> CurationResult:
+                 num_layers: int | None, show_progress: bool, max_samples: int | None,
+                 workers: int | None = None) -> CurationResult:
     from ..embedder.backbones import load_tokenizer
 
     tokenizer = load_tokenizer(backbone)  # a wrong spec fails in seconds, not after mining
@@ -245,31 +342,47 @@ def _curate_into(recipe_path, out_dir: Path, backbone: str, scorer_spec: str | N
         for recipe in recipes:
             recipe.max_samples = max_samples
     result = CurationResult(datasets={})
-    for recipe in recipes:
-        part = curate(recipe, scorer_spec, num_layers, show_progress)
-        clash = sorted(set(part.datasets) & set(result.datasets))
-        if clash:
-            raise DataError(f"{recipe.path}: dataset name(s) {clash} also come from an earlier recipe of the mix; "
-                            "give each recipe its own name")
-        result.datasets.update(part.datasets)
-        result.mining.update(part.mining)
-        result.duplicates.update(part.duplicates)
-        result.decontamination.per_dataset.update(part.decontamination.per_dataset)
+    names = [r.name for r in recipes]
     recipe = recipes[0] if len(recipes) == 1 else None
-    if not any(result.datasets.values()):
-        raise DataError(f"{', '.join(str(r.path) for r in recipes)}: no tuples survived curation; check the "
-                        "sources and the recipes' filters")
-    reports = {"mining": {k: v.summary() for k, v in result.mining.items()},
-               "decontamination": result.decontamination.per_dataset, "duplicates_dropped": result.duplicates}
+    provenance = {"recipe": recipe.name if recipe else "+".join(names), "recipes": names,
+                  "recipe_sha1": {r.name: r.digest for r in recipes}, "backbone": backbone}
     with atomic_folder(out_dir, prefix="curating-") as work:
-        names = [r.name for r in recipes]
-        provenance = {"recipe": recipe.name if recipe else "+".join(names), "recipes": names,
-                      "recipe_sha1": {r.name: r.digest for r in recipes}, "backbone": backbone}
-        result.manifest = write_training_files(result.datasets, tokenizer, work / "tokenized", max_length,
-                                               {**provenance, **reports})
-        write_tuples(result, work)
+        # Every dataset streams from its source through the tuples file and into the tokenized writer, one batch at a
+        # time; the writer keeps one digest per document, never the texts.
+        workers = default_tokenizing_processes() if workers is None else workers
+        writer = TokenizedWriter(work / "tokenized", tokenizer, max_length, workers=workers)
+        try:
+            rows: dict[str, int] = {}
+            for part in recipes:
+                for name, tuples in curate_stream(part, scorer_spec, num_layers, show_progress, result):
+                    if name in rows:
+                        raise DataError(f"{part.path}: dataset name(s) {[name]} also come from an earlier recipe of "
+                                        "the mix; give each recipe its own name")
+                    first = next(tuples, None)
+                    if first is None:  # nothing survived the filters: no empty dataset in the output
+                        continue
+                    tuple_file = TupleFileWriter(work / "tuples" / f"{name}.parquet")
+                    try:
+                        bar = tqdm(itertools.chain([first], tuples), desc=f"[curate] {name}", unit=" tuples",
+                                   disable=not show_progress, mininterval=5)
+                        rows[name] = writer.add_dataset(name, tuple_file.passing(bar), validated=True)
+                    finally:
+                        tuple_file.close()
+            if not any(rows.values()):
+                raise DataError(f"{', '.join(str(r.path) for r in recipes)}: no tuples survived curation; check the "
+                                "sources and the recipes' filters")
+            reports = {"mining": {k: v.summary() for k, v in result.mining.items()},
+                       "decontamination": result.decontamination.per_dataset, "duplicates_dropped": result.duplicates}
+            writer.extra = {**provenance, **reports}
+            result.manifest = writer.close()
+            result.tokenizing = {"processes": workers, "started": writer.batches_seen > writer.pool_after,
+                                 "worker_peak_rss_mb": round(writer.worker_peak_rss_mb, 1)}
+        except BaseException:
+            writer.abort()
+            raise
         (work / "reports.json").write_text(json.dumps(reports, indent=2))
         (work / OUTPUT_MARKER).write_text(json.dumps(provenance))
+    result.datasets = {name: StoredTuples(out_dir / "tuples" / f"{name}.parquet") for name in rows}
     return result
 
 
@@ -300,12 +413,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--scorer", default=None, help="bm25 or a model spec (default: the recipe's)")
     parser.add_argument("--num-layers", type=int, default=0, help="layer-pruned scorer for speed (0: all)")
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="tokenizing processes beside this one (default: one per spare core, at most 4; 0: "
+                        "tokenize in this process). They start once a dataset passes 32k tuples")
     parser.add_argument("--backbone", default="smollm2-135m",
                         help="the model the data is for: its tokenizer tokenizes (smollm2-135m, a hub id, a folder)")
     args = parser.parse_args(argv)
     try:
         result = run_recipe(args.recipes, args.out, backbone=args.backbone, scorer_spec=args.scorer,
-                            max_length=args.max_length, num_layers=args.num_layers or None)
+                            max_length=args.max_length, num_layers=args.num_layers or None, workers=args.workers)
     except (DataError, BackboneError, TokenizedDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

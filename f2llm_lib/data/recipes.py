@@ -17,6 +17,7 @@ import random
 import re
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -225,20 +226,30 @@ def resolve_path(raw: str, recipe: Recipe | None) -> Path:
     return path if path.is_absolute() else REPO_ROOT / path
 
 
-def read_records(recipe: Recipe) -> list[tuple[str, dict]]:
+def iter_records(recipe: Recipe) -> Iterator[tuple[str, dict]]:
+    """The recipe's source records as ``(where, record)``, streamed: a local file a line or a parquet batch at a
+    time, a hub dataset through ``datasets``' streaming mode."""
     source = recipe.source
     if source.kind == "local" and PUBLIC_DATA in source.path and public_data_dir() is None and source.hub_fallback:
-        return read_hub_fallback(recipe)
-    if source.kind == "local":
+        yield from read_hub_fallback(recipe)
+    elif source.kind == "local":
         path = resolve_path(source.path, recipe)
-        records = list(read_local(path, source.format))
-        if not records:
+        empty = True
+        for where, record in read_local(path, source.format):
+            empty = False
+            yield where, record
+        if empty:
             raise DataError(f"{path}: no records (an empty file); the recipe {recipe.path} needs a source with data")
-        return records
-    return list(read_hub(source.hub_id, source.config, source.split, source.data_files))
+    else:
+        yield from read_hub(source.hub_id, source.config, source.split, source.data_files)
 
 
-def read_hub_fallback(recipe: Recipe) -> list[tuple[str, dict]]:
+def read_records(recipe: Recipe) -> list[tuple[str, dict]]:
+    """Every record in memory: for the builds that need them all at once (pairs, labels, clusters, mining)."""
+    return list(iter_records(recipe))
+
+
+def read_hub_fallback(recipe: Recipe) -> Iterator[tuple[str, dict]]:
     """The same public dataset from the hub when no local copy is configured: its records with the hub's columns
     renamed to the ones the recipe's ``fields`` name (``hub_fallback.fields`` maps each role to a hub column)."""
     fallback = recipe.source.hub_fallback
@@ -248,8 +259,8 @@ def read_hub_fallback(recipe: Recipe) -> list[tuple[str, dict]]:
                         "columns too")
     print(f"[recipe] {recipe.name}: {PUBLIC_DATA_ENV} is not set; reading {fallback.hub_id} ({fallback.split} split) "
           "from the hub", flush=True)
-    return [(where, {recipe.fields[role]: record[fallback.fields[role]] for role in recipe.fields})
-            for where, record in read_hub(fallback.hub_id, fallback.config, fallback.split)]
+    for where, record in read_hub(fallback.hub_id, fallback.config, fallback.split):
+        yield where, {recipe.fields[role]: record[fallback.fields[role]] for role in recipe.fields}
 
 
 def _column(record: dict, column: str, where: str) -> Any:
@@ -295,24 +306,50 @@ def _labelled_texts(recipe: Recipe, records: list[tuple[str, dict]]) -> dict[str
 
 
 def build_tuples(recipe: Recipe, records: list[tuple[str, dict]], rng: random.Random) -> BuiltDataset:
-    """Rows already in tuple form (query, positive, negative_*), as in the released F2LLM data: nothing to mine."""
-    f, tuples = recipe.fields, []
-    if records:
-        _check_tuple_columns(recipe, records[0][1])
-    same = 0
+    """Rows already in tuple form (query, positive, negative_*), as in the released F2LLM data: nothing to mine.
+    In memory; :func:`stream_tuples` gives the same tuples a row at a time."""
+    return BuiltDataset(recipe.name, list(_capped_tuples(recipe, lambda: iter(records), rng)))
+
+
+def stream_tuples(recipe: Recipe) -> Iterator[TrainingTuple]:
+    """:func:`build_tuples` streamed from the source, for data at F2LLM's scale (6M rows of 24 negatives): one row in
+    memory at a time. With ``max_samples`` the source is read twice: once to count the usable rows, once to keep a
+    uniform sample of them (the rows ``build_tuples`` keeps, in source order)."""
+    return _capped_tuples(recipe, lambda: iter_records(recipe), random.Random(recipe.seed))
+
+
+def _capped_tuples(recipe: Recipe, open_records, rng: random.Random) -> Iterator[TrainingTuple]:
+    keep: set[int] | None = None
+    if recipe.max_samples is not None:
+        usable = sum(1 for _ in _tuples_of(recipe, open_records(), quiet=True))
+        if usable > recipe.max_samples:  # the same draw as _cap over the usable rows
+            keep = set(rng.sample(range(usable), recipe.max_samples))
+    for index, item in enumerate(_tuples_of(recipe, open_records())):
+        if keep is None or index in keep:
+            yield item
+
+
+def _tuples_of(recipe: Recipe, records, quiet: bool = False) -> Iterator[TrainingTuple]:
+    """One tuple per usable row (a row whose query equals its positive is dropped, and counted)."""
+    f, same, rows = recipe.fields, 0, 0
+    negative_columns: dict[tuple, list[str]] = {}  # a record's columns -> its negative columns in order
     for where, record in records:
-        negatives = [check_text(record[c], where, c) for c in sorted(record, key=_negative_order)
-                     if _is_negative_column(c) and record[c]]
+        if rows == 0:
+            _check_tuple_columns(recipe, record, quiet)
+        rows += 1
+        columns = tuple(record)
+        if columns not in negative_columns:  # once per file's schema, not per row (6M rows of 26 columns)
+            negative_columns[columns] = sorted((c for c in columns if _is_negative_column(c)), key=_negative_order)
+        negatives = [check_text(record[c], where, c) for c in negative_columns[columns] if record[c]]
         query = check_text(_column(record, f["query"], where), where, f["query"])
         positive = check_text(_column(record, f["positive"], where), where, f["positive"])
         if query == positive:  # nothing to learn, and a perfect score for free: dropped, as pairs builds do
             same += 1
             continue
-        tuples.append(TrainingTuple(recipe.name, recipe.task_type, recipe.instruction, query, positive, negatives))
-    if same:
-        print(f"[curate] {recipe.name}: dropped {same} of {len(records)} rows whose query equals its positive",
+        yield TrainingTuple(recipe.name, recipe.task_type, recipe.instruction, query, positive, negatives)
+    if same and not quiet:
+        print(f"[curate] {recipe.name}: dropped {same} of {rows} rows whose query equals its positive",
               file=sys.stderr, flush=True)
-    return BuiltDataset(recipe.name, _cap(tuples, recipe, rng))
 
 
 def build_pairs(recipe: Recipe, records: list[tuple[str, dict]], rng: random.Random) -> BuiltDataset:
@@ -441,7 +478,7 @@ def _is_negative_column(column: str) -> bool:
     return column.startswith("negative_") and column.removeprefix("negative_").isdigit()
 
 
-def _check_tuple_columns(recipe: Recipe, record: dict) -> None:
+def _check_tuple_columns(recipe: Recipe, record: dict, quiet: bool = False) -> None:
     """Only ``negative_<n>`` columns are negatives: another column that looks like one is refused (it would be
     trained on as a text), and any other extra column is named as ignored."""
     used = {recipe.fields.get("query"), recipe.fields.get("positive")}
@@ -451,7 +488,7 @@ def _check_tuple_columns(recipe: Recipe, record: dict) -> None:
                         "negatives but are not named negative_<n>; rename them negative_1, negative_2, ... if they "
                         "are negatives, or drop them from the file (they would otherwise be trained on as texts)")
     ignored = sorted(c for c in record if c not in used and not _is_negative_column(c))
-    if ignored:
+    if ignored and not quiet:
         print(f"[curate] {recipe.name}: ignoring column(s) {ignored} (a tuple is {sorted(c for c in used if c)} and "
               "negative_<n>)", file=sys.stderr, flush=True)
 

@@ -74,20 +74,6 @@ class _RaggedWriter:
         self.offsets.close()
 
 
-_WORKER_TOKENIZER = None
-
-
-def _start_tokenizer_worker(tokenizer, max_length: int) -> None:
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process: the processes are the parallelism
-    global _WORKER_TOKENIZER
-    _WORKER_TOKENIZER = (tokenizer, max_length)
-
-
-def _tokenize_job(query_texts: list[str], doc_texts: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    tokenizer, max_length = _WORKER_TOKENIZER
-    return _tokenize_arrays(tokenizer, query_texts, max_length), _tokenize_arrays(tokenizer, doc_texts, max_length)
-
-
 def _tokenize_arrays(tokenizer, texts: list[str], max_length: int) -> list[np.ndarray]:
     return [np.asarray(ids, TOKEN_DTYPE) for ids in tokenize_with_eos(tokenizer, texts, max_length)]
 
@@ -100,7 +86,8 @@ class TokenizedWriter:
     the results are written in order, so the files are the same whatever the number of workers."""
 
     def __init__(self, out_dir: str | Path, tokenizer, max_length: int, batch_size: int = 1024,
-                 manifest_extra: dict | None = None, workers: int | None = None) -> None:
+                 manifest_extra: dict | None = None, workers: int | None = None,
+                 pool_after: int = POOL_AFTER_BATCHES) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         for leftover in self.out_dir.parent.glob(f".{self.out_dir.name}-tokenizing-*"):
@@ -116,27 +103,35 @@ class TokenizedWriter:
         self.datasets: dict[str, dict] = {}
         self.histogram = {"queries": np.zeros(len(LENGTH_BINS) - 1, np.int64),
                           "documents": np.zeros(len(LENGTH_BINS) - 1, np.int64)}
-        # In-process by default: the Rust tokenizer already spreads a batch over threads, and on 2 cores one extra
-        # process made a 100k-tuple write 12% slower (72.5 s against 65 s: the main process pickles its texts).
+        # In-process by default: the Rust tokenizer already spreads a batch over threads. The pipeline asks for
+        # processes (default_tokenizing_processes): there the main process also reads, checks and hashes every
+        # text, and one worker made a 100k-tuple curation 1.18x faster on 2 cores (benchmarks/scale-cpu-2core).
         self.workers = 0 if workers is None else workers
         self.pool = None
+        self.worker_peak_rss_mb = 0.0  # the largest tokenizing process's peak, once closed
+        self.pool_after = pool_after
         self.batches_seen = 0
         self.depth = 2 * self.workers + 1  # batches in flight: every worker busy, memory still bounded
 
     def _submit(self, query_texts: list[str], doc_texts: list[str]):
         self.batches_seen += 1
-        if self.pool is None and self.workers > 0 and self.batches_seen > POOL_AFTER_BATCHES:
-            # started only for large inputs: a fresh process takes seconds to import the tokenizer's libraries
+        if self.pool is None and self.workers > 0 and self.batches_seen > self.pool_after:
+            # started only for large inputs, where the start (a fresh process, the tokenizer rebuilt) pays off
             from concurrent.futures import ProcessPoolExecutor
             from multiprocessing import get_context
 
+            from . import tokenize_worker
+
+            state = tokenize_worker.rust_state(self.tokenizer, self.max_length) or \
+                ("transformers", self.tokenizer, self.max_length)
             self.pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
-                                            initializer=_start_tokenizer_worker,
-                                            initargs=(self.tokenizer, self.max_length))
+                                            initializer=tokenize_worker.start, initargs=(state,))
         if self.pool is None:
             return _tokenize_arrays(self.tokenizer, query_texts, self.max_length), \
                 _tokenize_arrays(self.tokenizer, doc_texts, self.max_length)
-        return self.pool.submit(_tokenize_job, query_texts, doc_texts)
+        from .tokenize_worker import job  # a light module: the worker imports it, not this one
+
+        return self.pool.submit(job, query_texts, doc_texts)
 
     def _doc_ids(self, texts: list[str], new_texts: list[str]) -> list[int]:
         """Doc ids of ``texts``; documents not seen before get the next ids and are added to ``new_texts``."""
@@ -158,8 +153,9 @@ class TokenizedWriter:
         folder = self.tmp / "queries" / name
         return folder, _RaggedWriter(folder), _RaggedWriter(folder, "neg_ids.bin", "neg_offsets.bin", INDEX_DTYPE)
 
-    def add_dataset(self, name: str, tuples: Iterable[TrainingTuple]) -> int:
-        """Tokenize and write one dataset, ``batch_size`` tuples at a time; return its number of queries."""
+    def add_dataset(self, name: str, tuples: Iterable[TrainingTuple], validated: bool = False) -> int:
+        """Tokenize and write one dataset, ``batch_size`` tuples at a time; return its number of queries.
+        ``validated``: the caller has already checked every tuple (``validate_tuple``), as the pipeline does."""
         folder, queries, negatives = self._dataset_writers(name)
         positives = (folder / "positive.bin").open("wb")
         task_types: set[str] = set()
@@ -176,8 +172,8 @@ class TokenizedWriter:
             negatives.extend(negative_ids)
 
         for index, batch in enumerate(_batches(tuples, self.batch_size)):
-            for offset, item in enumerate(batch):  # a clear error naming the row, before anything is tokenized
-                validate_tuple(item, f"dataset {name!r}, tuple {index * self.batch_size + offset}")
+            for offset, item in enumerate(batch if not validated else ()):  # an error naming the row, before
+                validate_tuple(item, f"dataset {name!r}, tuple {index * self.batch_size + offset}")  # tokenizing
             task_types.update(t.task_type for t in batch)
             new_texts: list[str] = []
             positive_ids = np.asarray(self._doc_ids([t.positive for t in batch], new_texts), INDEX_DTYPE)
@@ -250,8 +246,23 @@ class TokenizedWriter:
 
     def _shutdown(self) -> None:
         if self.pool is not None:
+            # the workers' own peak memory, read before they exit (Linux; ProcessPoolExecutor keeps them by pid)
+            self.worker_peak_rss_mb = max((_peak_rss_of(pid) for pid in list(self.pool._processes)), default=0.0)
             self.pool.shutdown(cancel_futures=True)
             self.pool = None
+
+
+def _peak_rss_of(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            return next(int(line.split()[1]) / 1024 for line in handle if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def default_tokenizing_processes() -> int:
+    """Tokenizing processes beside the main one when curating: one per spare core, at most 4."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:
