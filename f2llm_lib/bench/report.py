@@ -137,9 +137,9 @@ def cpu_section() -> str:
             lines.append(f"| {row['model']} ({row['layers']} layers) | {row['trainer']} | "
                          f"{float(row['tokens_per_second']):,.0f} | {float(row['step_ms']):,.0f} | "
                          f"{float(row['padding_fraction']):.1%} |{seen} {row['speed_vs_sentence_transformers']}x |")
+    fits = json.loads((SCALE_CPU / "scale_fit.json").read_text()) if (SCALE_CPU / "scale_fit.json").exists() \
+        else {}
     if (SCALE_CPU / "scale.csv").exists():
-        fits = json.loads((SCALE_CPU / "scale_fit.json").read_text()) if (SCALE_CPU / "scale_fit.json").exists() \
-            else {}
         lines += ["", "Tokenized data at scale (`f2llm bench scale`, synthetic F2LLM-shaped "
                   f"tuples of 24 negatives; `benchmarks/scale-cpu-2core/`, fitted write-time exponent "
                   f"{fits.get('write_seconds_exponent', '-')}):", "",
@@ -151,7 +151,30 @@ def cpu_section() -> str:
                          f"{float(row['loader_start_seconds']):.3f} | "
                          f"{float(row['loader_rss_growth_mb']):.1f} ({float(row['loader_anon_growth_mb']):.1f}) | "
                          f"{float(row['batch_ms']):.1f} |")
+    if (SCALE_CPU / "curation.csv").exists():
+        lines += ["", *curation_lines(_rows(SCALE_CPU / "curation.csv"), fits)]
     return "\n".join(lines)
+
+
+def curation_lines(rows: list[dict], fits: dict) -> list[str]:
+    """The curation benchmark as a table: each size with the default tokenizing processes, then the sweep."""
+    sizes = sorted({int(r["tuples"]) for r in rows})
+    by_size = {size: [r for r in rows if int(r["tuples"]) == size] for size in sizes}
+    default = min((int(r["workers"]) for r in rows if len(by_size[int(r["tuples"])]) == 1), default=0)
+    lines = ["Curation of released-format parquet (`f2llm bench scale --curation`: query, passage, negative_1..24; "
+             "decontaminated, validated, de-duplicated, written as tuples and tokenized; fitted time exponent "
+             f"{fits.get('curate_seconds_exponent', '-')}; {default} tokenizing process(es) beside the main one by "
+             "default here, started once a dataset passes 32k tuples, so none ran at 10k):", "",
+             "| tuples | tokenizing processes | curation s | us per tuple | peak RSS MB | worker peak RSS MB | "
+             "input MB | speed vs in-process |", "|---|---|---|---|---|---|---|---|"]
+    for size in sizes:
+        here = next((r for r in by_size[size] if int(r["workers"]) == 0), None)
+        for row in sorted(by_size[size], key=lambda r: int(r["workers"])):
+            speed = f"{float(here['curate_seconds']) / float(row['curate_seconds']):.2f}x" if here else "-"
+            lines.append(f"| {size:,} | {row['workers']} | {float(row['curate_seconds']):,.1f} | "
+                         f"{float(row['curate_us_per_tuple']):,.0f} | {float(row['curate_peak_rss_mb']):,.0f} | "
+                         f"{float(row['worker_peak_rss_mb']):,.0f} | {float(row['input_mb']):,.0f} | {speed} |")
+    return lines
 
 
 def _replace_block(text: str, start: str, end: str, section: str, readme: Path) -> str:

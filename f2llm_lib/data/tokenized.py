@@ -159,6 +159,7 @@ class TokenizedWriter:
         folder, queries, negatives = self._dataset_writers(name)
         positives = (folder / "positive.bin").open("wb")
         task_types: set[str] = set()
+        instruction = ""
         pending: list[tuple] = []
 
         def write_oldest() -> None:
@@ -175,6 +176,8 @@ class TokenizedWriter:
             for offset, item in enumerate(batch if not validated else ()):  # an error naming the row, before
                 validate_tuple(item, f"dataset {name!r}, tuple {index * self.batch_size + offset}")  # tokenizing
             task_types.update(t.task_type for t in batch)
+            if index == 0:  # the dataset's query instruction: the export's prompt for it
+                instruction = batch[0].instruction
             new_texts: list[str] = []
             positive_ids = np.asarray(self._doc_ids([t.positive for t in batch], new_texts), INDEX_DTYPE)
             flat = self._doc_ids([n for t in batch for n in t.negatives], new_texts)
@@ -192,6 +195,7 @@ class TokenizedWriter:
             raise TokenizedDataError(f"dataset {name!r} mixes task types {sorted(task_types)}: one task type per "
                                      "dataset (F2LLM draws one dataset per step and its loss depends on the type)")
         self.datasets[name] = {"rows": queries.count, "task_type": next(iter(task_types), "retrieval"),
+                               "instruction": instruction,
                                "query_tokens": queries.total, "negative_refs": negatives.total}
         return queries.count
 
