@@ -116,8 +116,20 @@ def test_export_loads_in_sentence_transformers_with_equal_embeddings(tmp_path, d
     backbone, tokenizer = load_backbone(result["export"])
     # the export carries the model's real length (4096), not the training length (48): texts are not cut at 48
     assert model.max_seq_length == 4096 == tokenizer.model_max_length
-    ours = F2LLMEncoder(backbone, tokenizer, max_length=4096).encode(texts)
-    np.testing.assert_allclose(theirs, ours, atol=1e-5)
+    ours = F2LLMEncoder(backbone, tokenizer, max_length=4096)
+    np.testing.assert_allclose(theirs, ours.encode(texts), atol=1e-5)
+    # the export carries the training data's prompts: plain sentence-transformers embeds a query as training did
+    manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
+    instructions = {name: info["instruction"] for name, info in manifest["datasets"].items()}
+    retrieval = next(instructions[n] for n, i in manifest["datasets"].items() if i["task_type"] == "retrieval")
+    assert model.prompts["query"] == f"Instruct: {retrieval}\nQuery: " and model.prompts["document"] == ""
+    assert all(model.prompts[name] == f"Instruct: {text}\nQuery: " for name, text in instructions.items())
+    query = ["how do I add one to a number"]
+    np.testing.assert_allclose(model.encode(query, prompt_name="query"), ours.encode(query, instruction=retrieval),
+                               atol=1e-5)
+    card = (Path(result["export"]) / "README.md").read_text()
+    assert all(f"| {name} |" in card for name in instructions) and "Not trained with Matryoshka" in card
+    assert "`lr`: " in card and "Not evaluated yet" in card
 
 
 def test_loader_is_identical_across_world_sizes_and_resumable(data_dir):

@@ -77,8 +77,9 @@ def quiet_evaluators():
 
 
 def evaluate(models: dict[str, object], tasks: list, cache_dir: str | Path,
-             retrieval_only: set[str] | None = None) -> list[dict]:
-    """Rows of (model, task, type, score); ``retrieval_only`` names models that only run retrieval (BM25)."""
+             retrieval_only: set[str] | None = None, show_progress: bool = True) -> list[dict]:
+    """Rows of (model, task, type, score); ``retrieval_only`` names models that only run retrieval (BM25).
+    ``show_progress``: mteb's progress bars (encoding, per task), on by default: MTEB(eng, v2) takes hours."""
     rows = []
     for label, model in models.items():
         if model is None:
@@ -89,7 +90,7 @@ def evaluate(models: dict[str, object], tasks: list, cache_dir: str | Path,
             # the task's data and splits, so an edited file or another query cap is evaluated afresh
             with quiet_evaluators():
                 result = mteb.evaluate(model, [task], cache=ResultCache(str(Path(cache_dir) / task_cache_key(task))),
-                                       show_progress_bar=False)
+                                       show_progress_bar=show_progress)
             for task_result in result.task_results:
                 rows.append({"model": label, "task": task_result.task_name, "type": task.metadata.type,
                              "main_score": task.metadata.main_score,

@@ -70,6 +70,8 @@ def contrastive_loss(
     gather: bool = True,
     chunk_size: int | None = None,
     kernel: KernelSettings | None = None,
+    false_negative_margin: float | None = None,
+    stats: dict | None = None,
 ) -> torch.Tensor:
     """F2LLM's loss for one batch of one dataset, summed over MRL levels.
 
@@ -89,6 +91,12 @@ def contrastive_loss(
         chunk_size: keys per chunk for ``chunked`` (None: as many as keep one B x chunk tile at 2M floats).
         kernel: settings of the ``triton`` op (strategy, tile shape, scratch size; see ``KernelSettings``).
             They change speed and memory, never the result; given with another impl they are an error.
+        false_negative_margin: None (F2LLM: off), or mask each in-batch key whose cosine with the query is above
+            the positive's plus this margin (a likely false negative: a document that answers this query too), as
+            Qwen3-Embedding and memeff do; hard negatives are never masked. ``reference`` and ``chunked`` only
+            (``auto`` picks ``chunked``); the fused op refuses it.
+        stats: a dict that receives ``masked``, the number of in-batch keys masked (last MRL level), when
+            ``false_negative_margin`` is set.
 
     Returns the mean over local queries; in a multi-process run, averaging parameter gradients over ranks
     (as DDP does) gives the gradient of the mean over all queries of all ranks.
@@ -97,19 +105,24 @@ def contrastive_loss(
     # around the call (mixed-precision training) must not turn its GEMMs into bf16 / fp16.
     with torch.autocast(device_type=queries.device.type, enabled=False):
         return _contrastive_loss(queries, positives, negatives, in_batch, shared_negatives, temperature, mrl_dims,
-                                 stop_grad_gather, impl, gather, chunk_size, kernel)
+                                 stop_grad_gather, impl, gather, chunk_size, kernel, false_negative_margin, stats)
 
 
 def _contrastive_loss(queries, positives, negatives, in_batch, shared_negatives, temperature, mrl_dims,
-                      stop_grad_gather, impl, gather, chunk_size, kernel) -> torch.Tensor:
+                      stop_grad_gather, impl, gather, chunk_size, kernel, margin=None, stats=None) -> torch.Tensor:
     hidden = queries.shape[-1]
     dims = mrl_levels(hidden) if mrl_dims == "f2llm_v2" else list(mrl_dims or [hidden])
     _check(queries, positives, negatives, shared_negatives, in_batch, dims, temperature)
     weights = mrl_weights(dims, hidden)
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if margin is not None and not margin >= 0:
+        raise ValueError(f"false_negative_margin must be 0 or more (a cosine margin), got {margin}")
+    if margin is not None and impl == "triton":
+        raise ValueError("false_negative_margin is not implemented in the fused Triton op; use impl='chunked' (the "
+                         "same O(B + N) memory, in PyTorch) or impl='auto', which picks it")
     if impl == "auto":
-        impl = "triton" if queries.is_cuda else "chunked"
+        impl = "triton" if queries.is_cuda and margin is None else "chunked"
     if kernel is not None and impl != "triton":
         raise ValueError(f"kernel settings apply to impl='triton' only; this call runs impl={impl!r} (pass "
                          "impl='triton', or drop kernel=)")
@@ -128,10 +141,11 @@ def _contrastive_loss(queries, positives, negatives, in_batch, shared_negatives,
             raise ValueError("every rank must hold the same number of queries")
 
     if impl == "reference":
-        return reference_loss(queries, positives, negatives, keys, labels, dims, weights, temperature)
+        return reference_loss(queries, positives, negatives, keys, labels, dims, weights, temperature, margin, stats)
     if impl == "chunked":
         chunk_size = chunk_size or auto_chunk_size(queries.shape[0])
-        return chunked_loss(queries, positives, negatives, keys, labels, dims, weights, temperature, chunk_size)
+        return chunked_loss(queries, positives, negatives, keys, labels, dims, weights, temperature, chunk_size,
+                            margin, stats)
     if not queries.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("impl='triton' needs a CUDA tensor (or TRITON_INTERPRET=1 set before importing "
                            "triton, for tests on tiny shapes); use impl='chunked' on the CPU")

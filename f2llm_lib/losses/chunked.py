@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .reference import accumulation_dtype, safe_normalize
+from .reference import accumulation_dtype, false_negative_mask, safe_normalize
 
 
 def _inverse_norms(x: torch.Tensor, acc: torch.dtype, eps: float = 1e-12) -> torch.Tensor:
@@ -29,7 +29,8 @@ class _ChunkedInfoNCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, labels, temperature: float, chunk: int):
+    def forward(ctx, q, k, labels, temperature: float, chunk: int, margin: float | None = None,
+                stats: dict | None = None):
         acc = accumulation_dtype(q.dtype)
         a, b = _inverse_norms(q, acc), _inverse_norms(k, acc)
         row_scale = (a / temperature)[:, None]
@@ -40,17 +41,27 @@ class _ChunkedInfoNCE(torch.autograd.Function):
         run_sum = torch.zeros_like(run_max)
         target = torch.empty_like(run_max)  # each row's positive logit, picked up in the chunk that holds it
         rows = torch.arange(q.shape[0], device=q.device)
+        if margin is not None:  # the mask needs every row's positive logit before the first tile
+            target = _rowdot(q_acc, k_acc[labels]) * a * b[labels] / temperature
+        masked = 0
         for start in range(0, k.shape[0], chunk):
             tile = q_acc @ k_acc[start:start + chunk].T
             tile.mul_(row_scale).mul_(b[start:start + chunk][None, :])  # logits, in place
             hit = (labels >= start) & (labels < start + tile.shape[1])
-            target[hit] = tile[rows[hit], labels[hit] - start]
+            if margin is None:
+                target[hit] = tile[rows[hit], labels[hit] - start]
+            else:
+                drop = _tile_mask(tile, target, start, labels, margin, temperature)
+                tile.masked_fill_(drop, float("-inf"))
+                masked += int(drop.sum())
             new_max = torch.maximum(run_max, tile.amax(dim=1))
             run_sum.mul_(torch.exp(run_max - new_max)).add_(tile.sub_(new_max[:, None]).exp_().sum(dim=1))
             run_max = new_max
         lse = run_max + torch.log(run_sum)
-        ctx.save_for_backward(q, k, labels, lse, a, b)
-        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.save_for_backward(q, k, labels, lse, a, b, target)
+        ctx.temperature, ctx.chunk, ctx.margin = temperature, chunk, margin
+        if stats is not None and margin is not None:
+            stats["masked"] = masked
         return (lse - target).mean()
 
     @staticmethod
@@ -61,7 +72,7 @@ class _ChunkedInfoNCE(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad_out):
-        q, k, labels, lse, a, b = ctx.saved_tensors
+        q, k, labels, lse, a, b, target = ctx.saved_tensors
         acc, tau, rows = lse.dtype, ctx.temperature, torch.arange(q.shape[0], device=q.device)
         g = grad_out.to(acc) / q.shape[0]
         q_acc, k_acc = q.to(acc), k.to(acc)  # views when the inputs are already float32
@@ -70,7 +81,10 @@ class _ChunkedInfoNCE(torch.autograd.Function):
         for start in range(0, k.shape[0], ctx.chunk):
             stop = min(start + ctx.chunk, k.shape[0])
             grad_s = q_acc @ k_acc[start:stop].T
-            grad_s.mul_(a[:, None] / tau).mul_(b[None, start:stop]).sub_(lse[:, None]).exp_()  # softmax
+            grad_s.mul_(a[:, None] / tau).mul_(b[None, start:stop])  # logits
+            if ctx.margin is not None:  # the forward's mask (a selection: no gradient of its own)
+                grad_s.masked_fill_(_tile_mask(grad_s, target, start, labels, ctx.margin, tau), float("-inf"))
+            grad_s.sub_(lse[:, None]).exp_()  # softmax
             hit = (labels >= start) & (labels < stop)
             grad_s[rows[hit], labels[hit] - start] -= 1.0  # softmax - onehot
             grad_s.mul_(g / tau).mul_(a[:, None])  # dL/dlogits / tau, times a: one tile, scaled in place
@@ -80,7 +94,13 @@ class _ChunkedInfoNCE(torch.autograd.Function):
         # dL/dq = m - a^2 (q . m) q. In place, so no second [B, d] or [N, d] buffer is allocated.
         dq = dq_scaled.addcmul_(q_acc, (a * a * _rowdot(q_acc, dq_scaled))[:, None], value=-1.0)
         dk = dk_hat.mul_(b[:, None]).addcmul_(k_acc, (b * b * _rowdot(k_acc, dk_hat))[:, None], value=-1.0)
-        return dq.to(q.dtype), dk.to(k.dtype), None, None, None
+        return dq.to(q.dtype), dk.to(k.dtype), None, None, None, None, None
+
+
+def _tile_mask(tile: torch.Tensor, target: torch.Tensor, start: int, labels: torch.Tensor, margin: float,
+               temperature: float) -> torch.Tensor:
+    columns = torch.arange(start, start + tile.shape[1], device=tile.device)
+    return false_negative_mask(tile, target, columns, labels, margin, temperature)
 
 
 def _prefix(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -98,7 +118,8 @@ def _rowdot(x: torch.Tensor, y: torch.Tensor, block_elements: int = 1 << 21) -> 
 
 def chunked_loss(queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None,
                  keys: torch.Tensor | None, labels: torch.Tensor | None, dims: Sequence[int],
-                 weights: Sequence[float], temperature: float, chunk: int = 1024) -> torch.Tensor:
+                 weights: Sequence[float], temperature: float, chunk: int = 1024,
+                 false_negative_margin: float | None = None, stats: dict | None = None) -> torch.Tensor:
     """Same semantics as :func:`~f2llm_lib.losses.reference.reference_loss`; memory O((B + N) d)."""
     acc = accumulation_dtype(queries.dtype)
     total = queries.new_zeros((), dtype=acc)
@@ -106,7 +127,7 @@ def chunked_loss(queries: torch.Tensor, positives: torch.Tensor, negatives: torc
         level = 0.0
         if keys is not None:
             level = level + _ChunkedInfoNCE.apply(_prefix(queries, dim), _prefix(keys, dim), labels, temperature,
-                                                  chunk)
+                                                  chunk, false_negative_margin, stats)
         if negatives is not None:  # k + 1 candidates per query: already linear in B, no chunking needed
             q = safe_normalize(_prefix(queries, dim))
             candidates = safe_normalize(torch.cat([positives.unsqueeze(1), negatives], dim=1)[..., :dim])

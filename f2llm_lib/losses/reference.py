@@ -31,10 +31,22 @@ def safe_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return (x.to(acc) * inverse).to(x.dtype)
 
 
+def false_negative_mask(logits: torch.Tensor, target: torch.Tensor, columns: torch.Tensor, labels: torch.Tensor,
+                        margin: float, temperature: float) -> torch.Tensor:
+    """Which in-batch logits to drop as likely false negatives: those above the row's positive logit plus
+    ``margin / temperature`` (cosine above the positive's cosine plus ``margin``), never the positive itself.
+    ``columns`` are the key indices of ``logits``' columns. Qwen3-Embedding's and memeff's rule (off in F2LLM)."""
+    above = logits > (target + margin / temperature)[:, None]
+    return above & (columns[None, :] != labels[:, None])
+
+
 def reference_loss(queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None,
                    keys: torch.Tensor | None, labels: torch.Tensor | None, dims: Sequence[int],
-                   weights: Sequence[float], temperature: float) -> torch.Tensor:
-    """``keys``/``labels`` are the gathered in-batch keys and each query's positive index (None: no in-batch)."""
+                   weights: Sequence[float], temperature: float, false_negative_margin: float | None = None,
+                   stats: dict | None = None) -> torch.Tensor:
+    """``keys``/``labels`` are the gathered in-batch keys and each query's positive index (None: no in-batch).
+    ``false_negative_margin``: mask in-batch keys scoring above the positive + margin (``stats['masked']``: how
+    many, at the last level)."""
     acc = accumulation_dtype(queries.dtype)
     total = queries.new_zeros((), dtype=acc)
     for dim, weight in zip(dims, weights, strict=True):
@@ -42,7 +54,16 @@ def reference_loss(queries: torch.Tensor, positives: torch.Tensor, negatives: to
         level = 0.0
         if keys is not None:
             k = F.normalize(keys[:, :dim], dim=-1)
-            level = level + F.cross_entropy((q @ k.T).to(acc) / temperature, labels)
+            logits = (q @ k.T).to(acc) / temperature
+            if false_negative_margin is not None:
+                target = logits.gather(1, labels[:, None]).squeeze(1).detach()
+                columns = torch.arange(k.shape[0], device=k.device)
+                mask = false_negative_mask(logits.detach(), target, columns, labels, false_negative_margin,
+                                           temperature)
+                logits = logits.masked_fill(mask, float("-inf"))
+                if stats is not None:
+                    stats["masked"] = int(mask.sum())
+            level = level + F.cross_entropy(logits, labels)
         if negatives is not None:
             candidates = F.normalize(torch.cat([positives.unsqueeze(1), negatives], dim=1)[..., :dim], dim=-1)
             logits = (q.unsqueeze(1) * candidates).sum(-1).to(acc) / temperature

@@ -41,19 +41,51 @@ def _errors():
 
 def export_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog, description="Write a sentence-transformers folder (Transformer -> "
-                                     "last-token pooling -> Normalize, EOS appended by its tokenizer).")
+                                     "last-token pooling -> Normalize, EOS appended by its tokenizer), with prompts "
+                                     "and a model card; optionally upload it to the Hugging Face hub.")
     _model_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="the folder to write (replaced whole, atomically)")
     parser.add_argument("--query-instruction", default=None, help="stored as the 'query' prompt")
+    parser.add_argument("--data", type=Path, default=None, help="the tokenized folder the model trained on: its "
+                        "datasets' instructions become prompts, its datasets the model card's data")
+    parser.add_argument("--push-to-hub", default="", metavar="REPO", help="then upload the folder to this hub "
+                        "repository (off by default; needs network and a token)")
+    parser.add_argument("--dry-run", action="store_true", help="with --push-to-hub: list what would be uploaded")
     args = parser.parse_args(argv)
-    from ..embedder.export import export_sentence_transformers
+    from ..data.tokenized import TokenizedDataError
+    from ..embedder.export import export_sentence_transformers, training_prompts
 
     try:
-        out = export_sentence_transformers(_encoder(args), args.out, query_instruction=args.query_instruction)
+        prompts, training = {}, {"backbone": args.model}
+        if args.data is not None:
+            from ..data.tokenized import TokenizedData
+
+            manifest = TokenizedData(args.data).manifest
+            prompts = training_prompts(manifest)
+            training["data"] = {"recipes": manifest.get("recipes") or [manifest.get("recipe", "")],
+                                "datasets": {name: {"task_type": info.get("task_type"), "rows": info.get("rows")}
+                                             for name, info in manifest.get("datasets", {}).items()}}
+        out = export_sentence_transformers(_encoder(args), args.out, query_instruction=args.query_instruction,
+                                           prompts=prompts, training=training)
     except _errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps({"export": str(out)}))
+    except TokenizedDataError as exc:  # --data is not a tokenized folder
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    result: dict = {"export": str(out)}
+    if args.push_to_hub:
+        files = sorted(p for p in out.rglob("*") if p.is_file() and not p.name.startswith("."))
+        result["upload"] = {"repo": args.push_to_hub, "dry_run": args.dry_run,
+                            "files": {str(p.relative_to(out)): p.stat().st_size for p in files}}
+        if not args.dry_run:
+            from huggingface_hub import HfApi
+
+            api = HfApi()
+            api.create_repo(args.push_to_hub, repo_type="model", exist_ok=True)
+            api.upload_folder(folder_path=str(out), repo_id=args.push_to_hub, repo_type="model",
+                              ignore_patterns=[".*"])
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -68,6 +100,7 @@ def evaluate_main(argv: list[str] | None = None, prog: str | None = None) -> int
     parser.add_argument("--baselines", default="", help="comma-separated: bm25, minilm (scored beside the model)")
     parser.add_argument("--cache", type=Path, default=Path("runs/mteb-cache"), help="mteb's result cache")
     parser.add_argument("--out", type=Path, default=None, help="write the rows to this JSON file")
+    parser.add_argument("--no-progress", action="store_true", help="without mteb's progress bars")
     args = parser.parse_args(argv)
     from ..evaluation.mteb_model import F2LLMMtebModel
     from ..evaluation.run import bm25_model, evaluate, hub_tasks, minilm_model
@@ -91,12 +124,18 @@ def evaluate_main(argv: list[str] | None = None, prog: str | None = None) -> int
             models["BM25"] = bm25_model()
         if "minilm" in baselines:
             models["all-MiniLM-L6-v2"] = minilm_model()
-        rows = evaluate(models, tasks, args.cache, retrieval_only={"BM25"})
+        rows = evaluate(models, tasks, args.cache, retrieval_only={"BM25"}, show_progress=not args.no_progress)
     except _errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for row in rows:
         print(f"{row['model']:<28} {row['task']:<28} {row['type']:<16} {row['main_score']:<12} {row['score']:.2f}")
+    if not args.checkpoint and Path(args.model).is_dir():
+        from ..embedder.export import add_scores_to_card
+
+        own = [{"task": r["task"], "metric": r["main_score"], "score": r["score"]} for r in rows if r["model"] == label]
+        if add_scores_to_card(args.model, own):  # an export of this library: its model card shows the scores
+            print(f"[evaluate] scores added to {Path(args.model) / 'README.md'}", file=sys.stderr)
     if args.out is not None:
         from ..atomic import atomic_write_text
 

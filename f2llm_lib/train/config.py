@@ -64,11 +64,17 @@ class TrainConfig:
         lambda v: v > 0, "positive (logits are cosine / temperature)"))
     mrl: bool = False  # F2LLM-v2 Matryoshka levels
     loss_impl: Literal["auto", "reference", "chunked", "triton"] = "auto"
+    # off (null) in F2LLM; a cosine margin: in-batch keys scoring above the positive + margin are masked as likely
+    # false negatives (Qwen3-Embedding's rule); chunked or reference loss; each step logs how many
+    false_negative_margin: float | None = field(default=None, metadata=rule(lambda v: v >= 0, "0 or more"))
     stop_grad_gather: bool = False  # True reproduces the released code's non-differentiable gather
     # no, bf16, fp16 (GPU); unset (null): the launcher's choice (`accelerate launch --mixed_precision`, its config
     # file), so that `accelerate launch --config_file ci/accelerate/gpu_8_zero2.yaml` trains in that file's bf16
     mixed_precision: Literal["no", "bf16", "fp16"] | None = None
     gradient_checkpointing: bool = False
+    # tensorboard: event files in <output_dir>/f2llm/ (`tensorboard --logdir <output_dir>`); none: only the
+    # metrics.jsonl every run writes
+    report_to: Literal["tensorboard", "none"] = "tensorboard"
     # tokens per text, EOS last (F2LLM: 1024); at most the data's; 0: the data's own
     max_length: int = field(default=0, metadata=rule(
         lambda v: v == 0 or v >= 2, "0 (the data's) or at least 2 (text + EOS)"))

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..atomic import atomic_folder
 from ..data.tokenized import TokenizedData
@@ -49,7 +50,8 @@ def _folder_name(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("._") or "teacher"
 
 
-def teacher_cache(data_dir: str | Path, spec: str, tokenizer, batch_size: int = 64, log=print) -> Path:
+def teacher_cache(data_dir: str | Path, spec: str, tokenizer, batch_size: int = 64, log=print,
+                  show_progress: bool = True) -> Path:
     """The cache folder of ``spec``'s embeddings for this data, computed now if absent (written whole, then
     renamed: a run that is interrupted leaves no half cache)."""
     data = TokenizedData(data_dir)
@@ -64,7 +66,9 @@ def teacher_cache(data_dir: str | Path, spec: str, tokenizer, batch_size: int = 
     log(f"[distill] embedding {len(data.corpus):,} documents and "
         f"{sum(len(a.queries) for a in data.datasets.values()):,} queries with teacher {spec} (once; cached in "
         f"{folder})")
-    with atomic_folder(folder) as work:
+    total = len(data.corpus) + sum(len(a.queries) for a in data.datasets.values())
+    with atomic_folder(folder) as work, tqdm(total=total, desc="[distill] teacher cache", unit=" texts",
+                                             disable=not show_progress) as bar:
         def embed(ragged, path: Path) -> int:
             out = None
             for start in range(0, len(ragged), batch_size):
@@ -77,6 +81,7 @@ def teacher_cache(data_dir: str | Path, spec: str, tokenizer, batch_size: int = 
                     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16,
                                                     shape=(len(ragged), vectors.shape[1]))
                 out[start:start + len(vectors)] = vectors
+                bar.update(len(vectors))
             out.flush()
             return int(out.shape[1])
 

@@ -61,12 +61,12 @@ def cosine_with_floor(config: TrainConfig):
     return factor
 
 
-def batch_loss(encoder, batch: Batch, config: TrainConfig,
-               teacher: TeacherEmbeddings | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_loss(encoder, batch: Batch, config: TrainConfig, teacher: TeacherEmbeddings | None = None,
+               loss_stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, the batch's embeddings) for one micro-batch: F2LLM's contrastive loss, plus the distillation term
-    when a teacher is given."""
+    when a teacher is given. ``loss_stats`` receives the loss's counters (in-batch keys masked as false negatives)."""
     embeddings = encoder(chunks=batch.chunks)
-    loss = batch_contrastive_loss(batch, embeddings, config)
+    loss = batch_contrastive_loss(batch, embeddings, config, stats=loss_stats)
     if teacher is not None and config.distill_weight > 0:
         targets = teacher.lookup(batch.dataset, batch.query_rows, batch.doc_ids)
         loss = loss + config.distill_weight * distill_loss(embeddings, targets, config.distill_loss,
@@ -75,13 +75,14 @@ def batch_loss(encoder, batch: Batch, config: TrainConfig,
 
 
 def batch_contrastive_loss(batch: Batch, embeddings: torch.Tensor, config: TrainConfig,
-                           gather: bool = True) -> torch.Tensor:
+                           gather: bool = True, stats: dict | None = None) -> torch.Tensor:
     """F2LLM's loss of one batch through the loss's one entry point: the in-batch term for retrieval datasets only,
     MRL levels when configured. ``gather=False`` keeps the keys local (validation: every rank holds the same rows)."""
     queries, positives, negatives = batch.split(embeddings)
     return contrastive_loss(queries, positives, negatives, in_batch=batch.in_batch, temperature=config.temperature,
                             mrl_dims="f2llm_v2" if config.mrl else None, impl=config.loss_impl,
-                            stop_grad_gather=config.stop_grad_gather, gather=gather)
+                            stop_grad_gather=config.stop_grad_gather, gather=gather,
+                            false_negative_margin=config.false_negative_margin, stats=stats)
 
 
 SMOOTHING = 10  # steps averaged for the progress bar's and the summary's loss (one batch's loss is noisy)
@@ -207,8 +208,9 @@ def _train_locked(accelerator: Accelerator, deepspeed: bool, config: TrainConfig
     configure_deepspeed(accelerator, config)
     encoder, optimizer, scheduler = accelerator.prepare(encoder, optimizer, scheduler)
     start = resume_from_checkpoint(accelerator, output_dir, loader, config, deepspeed) if resume else 0
-    settings = {k: v for k, v in vars(config).items() if v is not None}  # TensorBoard's hparams take no None
-    accelerator.init_trackers("f2llm", config={**settings, "precision": accelerator.mixed_precision})
+    if config.report_to != "none":  # TensorBoard event files under <output_dir>/f2llm/; metrics.jsonl either way
+        settings = {k: v for k, v in vars(config).items() if v is not None}  # TensorBoard's hparams take no None
+        accelerator.init_trackers("f2llm", config={**settings, "precision": accelerator.mixed_precision})
     with StopRequest() as stop:
         history = run_steps(accelerator, encoder, optimizer, scheduler, loader, config, teacher, start, on_step_end,
                             stop)
@@ -229,7 +231,8 @@ def start_accelerator(config: TrainConfig) -> tuple[Accelerator, bool]:
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION")  # what `accelerate launch` (or its config) asked for
     accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
-                              log_with="tensorboard", project_dir=str(config.output_dir),
+                              log_with=None if config.report_to == "none" else config.report_to,
+                              project_dir=str(config.output_dir),
                               cpu=not torch.cuda.is_available() and not deepspeed,
                               step_scheduler_with_optimizer=False)  # we step it once per optimizer step
     _fix_cpu_deepspeed_layout(accelerator)
@@ -274,7 +277,8 @@ def load_teacher(config: TrainConfig, accelerator: Accelerator, tokenizer) -> Te
     if not config.teacher:
         return None
     with accelerator.main_process_first():
-        folder = teacher_cache(config.data_dir, config.teacher, tokenizer, log=accelerator.print)
+        folder = teacher_cache(config.data_dir, config.teacher, tokenizer, log=accelerator.print,
+                               show_progress=accelerator.is_main_process)
     return TeacherEmbeddings(folder)
 
 
@@ -328,13 +332,15 @@ def optimizer_step(accelerator: Accelerator, encoder, optimizer, scheduler, load
     Returns the step's record (loss and throughput over every rank) and its embedding statistics."""
     tic = time.perf_counter()
     tokens = padded = texts = longest = 0
-    losses, stats = [], []
+    losses, stats, masked = [], [], 0
     for _ in range(config.grad_accum):
         batch = loader.next_batch()
         tokens, padded = tokens + batch.tokens, padded + batch.padded_tokens
         texts, longest = texts + len(batch.texts), max(longest, int(batch.lengths.max()))
         with accelerator.accumulate(encoder):
-            loss, embeddings = batch_loss(encoder, batch, config, teacher)
+            loss_stats: dict = {}
+            loss, embeddings = batch_loss(encoder, batch, config, teacher, loss_stats)
+            masked += loss_stats.get("masked", 0)
             stats.append(batch_statistics(embeddings))
             accelerator.backward(loss)
             if accelerator.sync_gradients and config.grad_clip > 0:
@@ -351,6 +357,9 @@ def optimizer_step(accelerator: Accelerator, encoder, optimizer, scheduler, load
     record = {"loss": mean_loss, "dataset": batch.dataset, "lr": scheduler.get_last_lr()[0],
               "tokens_per_second": total_tokens / seconds, "padding_fraction": 1 - tokens / padded,
               "step_seconds": seconds, "texts": texts, "longest_text": longest}
+    if config.false_negative_margin is not None:  # in-batch keys masked as likely false negatives, all ranks
+        record["false_negatives_masked"] = int(accelerator.reduce(
+            torch.tensor(float(masked), device=accelerator.device), "sum").item())
     if accelerator.device.type == "cuda":  # this rank's peak since training started (weights, optimizer, step)
         record["peak_memory_mb"] = torch.cuda.max_memory_allocated(accelerator.device) / 2**20
     return record, batch_stats
@@ -373,7 +382,27 @@ def export_final(accelerator: Accelerator, encoder, config: TrainConfig, out_dir
     final = accelerator.unwrap_model(encoder)
     if config.lora_rank:
         final = F2LLMEncoder(final.backbone.merge_and_unload(), final.tokenizer, final.max_length)
-    return export_sentence_transformers(final, out_dir)
+    prompts, training = export_facts(config, final.dim)
+    return export_sentence_transformers(final, out_dir, prompts=prompts, training=training)
+
+
+SETTINGS_IN_CARD = ("max_steps", "per_device_batch", "grad_accum", "num_negatives", "clustering_negatives", "sampling",
+                    "lr", "min_lr", "warmup_steps", "weight_decay", "temperature", "mrl", "max_length", "lora_rank",
+                    "teacher", "seed")
+
+
+def export_facts(config: TrainConfig, dim: int) -> tuple[dict[str, str], dict]:
+    """The export's prompts (the training data's instructions) and the facts its model card shows."""
+    from ..embedder.export import training_prompts
+    from ..losses.api import mrl_levels
+
+    manifest = json.loads((Path(config.data_dir) / "manifest.json").read_text())
+    data = {"recipes": manifest.get("recipes") or [manifest.get("recipe", "")],
+            "datasets": {name: {"task_type": info.get("task_type"), "rows": info.get("rows")}
+                         for name, info in manifest.get("datasets", {}).items()}}
+    settings = {key: getattr(config, key) for key in SETTINGS_IN_CARD}
+    return training_prompts(manifest), {"backbone": config.model, "data": data, "settings": settings,
+                                        "mrl_dims": mrl_levels(dim) if config.mrl else None}
 
 
 def resume_from_checkpoint(accelerator: Accelerator, output_dir: Path, loader: MultitaskLoader, config: TrainConfig,
