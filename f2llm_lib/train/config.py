@@ -72,6 +72,10 @@ class TrainConfig:
     # file), so that `accelerate launch --config_file ci/accelerate/gpu_8_zero2.yaml` trains in that file's bf16
     mixed_precision: Literal["no", "bf16", "fp16"] | None = None
     gradient_checkpointing: bool = False
+    # gradient caching (GradCache): embed without a graph in pieces, loss and its gradient over the whole batch, then
+    # each piece again with its cached gradient; memory of one piece's activations, for F2LLM's batch on one device
+    grad_cache: bool = False
+    grad_cache_chunk: int = field(default=64, metadata=rule(lambda v: v >= 1, "at least 1 (texts per piece)"))
     # tensorboard: event files in <output_dir>/f2llm/ (`tensorboard --logdir <output_dir>`); none: only the
     # metrics.jsonl every run writes
     report_to: Literal["tensorboard", "none"] = "tensorboard"

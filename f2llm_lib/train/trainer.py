@@ -13,6 +13,7 @@ gradient of one process with N x B queries.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -44,6 +45,7 @@ from .checkpoints import (
 )
 from .config import ConfigError, TrainConfig
 from .distill import TeacherEmbeddings, distill_loss, teacher_cache
+from .grad_cache import cached_step
 from .guard import DivergenceGuard, batch_statistics
 from .loader import Batch, MultitaskLoader
 
@@ -66,12 +68,18 @@ def batch_loss(encoder, batch: Batch, config: TrainConfig, teacher: TeacherEmbed
     """(loss, the batch's embeddings) for one micro-batch: F2LLM's contrastive loss, plus the distillation term
     when a teacher is given. ``loss_stats`` receives the loss's counters (in-batch keys masked as false negatives)."""
     embeddings = encoder(chunks=batch.chunks)
+    return loss_from_embeddings(batch, embeddings, config, teacher, loss_stats), embeddings
+
+
+def loss_from_embeddings(batch: Batch, embeddings: torch.Tensor, config: TrainConfig,
+                         teacher: TeacherEmbeddings | None = None, loss_stats: dict | None = None) -> torch.Tensor:
+    """A micro-batch's loss from its embeddings (batch order): contrastive, plus distillation with a teacher."""
     loss = batch_contrastive_loss(batch, embeddings, config, stats=loss_stats)
     if teacher is not None and config.distill_weight > 0:
         targets = teacher.lookup(batch.dataset, batch.query_rows, batch.doc_ids)
         loss = loss + config.distill_weight * distill_loss(embeddings, targets, config.distill_loss,
                                                            config.temperature)
-    return loss, embeddings
+    return loss
 
 
 def batch_contrastive_loss(batch: Batch, embeddings: torch.Tensor, config: TrainConfig,
@@ -148,6 +156,9 @@ def train(config: TrainConfig, resume: bool = False, export: bool = True,
     smoothed final loss and the export's path. ``on_step_end(step)`` runs after each step is logged and saved."""
     output_dir = Path(config.output_dir)
     accelerator, deepspeed = start_accelerator(config)
+    if deepspeed and config.grad_cache:  # DeepSpeed's engine takes one backward per micro-batch, not one per piece
+        raise ConfigError("grad_cache: true does not run under DeepSpeed (its engine counts each backward as a "
+                          "micro-batch); launch without the DeepSpeed config (DDP), or set grad_cache: false")
     with contextlib.ExitStack() as lock:
         refused = None
         if accelerator.is_main_process:  # one trainer per output_dir: the main process holds its lock
@@ -339,10 +350,14 @@ def optimizer_step(accelerator: Accelerator, encoder, optimizer, scheduler, load
         texts, longest = texts + len(batch.texts), max(longest, int(batch.lengths.max()))
         with accelerator.accumulate(encoder):
             loss_stats: dict = {}
-            loss, embeddings = batch_loss(encoder, batch, config, teacher, loss_stats)
+            if config.grad_cache:  # forward, loss and backward in pieces: see train/grad_cache.py
+                loss, embeddings = cached_step(accelerator, encoder, batch, config.grad_cache_chunk, functools.partial(
+                    loss_from_embeddings, batch, config=config, teacher=teacher, loss_stats=loss_stats))
+            else:
+                loss, embeddings = batch_loss(encoder, batch, config, teacher, loss_stats)
+                accelerator.backward(loss)
             masked += loss_stats.get("masked", 0)
             stats.append(batch_statistics(embeddings))
-            accelerator.backward(loss)
             if accelerator.sync_gradients and config.grad_clip > 0:
                 accelerator.clip_grad_norm_(encoder.parameters(), config.grad_clip)
             optimizer.step()
