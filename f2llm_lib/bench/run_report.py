@@ -65,6 +65,14 @@ def write_run_report(run_dir: str | Path) -> Path:
         report["summary"].append(f"Finetuned beats the untrained backbone on {wins} of {len(verdict)} tasks: "
                                  + ", ".join(f"{t} {'yes' if v else 'NO'}" for t, v in verdict.items()) + ".")
         lines += [report["summary"][-1], ""]
+    leakage = evaluation.get("leakage") or {}
+    report["leakage"] = leakage  # per model: tasks seen in training, the mean over the unseen ones
+    if leakage:
+        summary = "Mean over tasks not seen in training (beside the mean over all): " + "; ".join(
+            f"{model} {info['unseen_mean'] if info['unseen_mean'] is not None else '- (not recorded)'} "
+            f"({info['unseen_tasks']} of {info['tasks']} tasks; all {info['mean']})" for model, info in leakage.items())
+        report["summary"].append(summary + ".")
+        lines += [report["summary"][-1], ""]
     curve = evaluation.get("curve") or []
     report["curve"] = curve
     if curve:

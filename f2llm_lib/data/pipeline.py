@@ -37,6 +37,7 @@ from .recipes import (
     mix_file_recipe,
     read_records,
     resolve_path,
+    seen_mteb_tasks,
     stream_tuples,
 )
 from .schema import DataError, TrainingTuple, validate_tuple
@@ -345,7 +346,8 @@ def _curate_into(recipe_path, out_dir: Path, backbone: str, scorer_spec: str | N
     names = [r.name for r in recipes]
     recipe = recipes[0] if len(recipes) == 1 else None
     provenance = {"recipe": recipe.name if recipe else "+".join(names), "recipes": names,
-                  "recipe_sha1": {r.name: r.digest for r in recipes}, "backbone": backbone}
+                  "recipe_sha1": {r.name: r.digest for r in recipes}, "backbone": backbone,
+                  "mteb_tasks": seen_mteb_tasks(recipes)}  # what a model trained on this has seen
     with atomic_folder(out_dir, prefix="curating-") as work:
         # Every dataset streams from its source through the tuples file and into the tokenized writer, one batch at a
         # time; the writer keeps one digest per document, never the texts.
@@ -394,7 +396,8 @@ def _import_v2_into(recipe: Recipe, out_dir: Path, tokenizer, backbone: str, max
     if max_samples is not None:
         recipe.max_samples = max_samples
     provenance = {"recipe": recipe.name, "recipes": [recipe.name], "recipe_sha1": {recipe.name: recipe.digest},
-                  "backbone": backbone, "source_layout": "f2llm-v2 (already tokenized)"}
+                  "backbone": backbone, "source_layout": "f2llm-v2 (already tokenized)",
+                  "mteb_tasks": seen_mteb_tasks([recipe])}
     with atomic_folder(out_dir, prefix="curating-") as work:
         manifest = import_v2(recipe, tokenizer, backbone, work / "tokenized", max_length, provenance)
         (work / "reports.json").write_text(json.dumps({"imported": manifest["queries_per_dataset"]}, indent=2))

@@ -114,6 +114,9 @@ class Recipe:
     max_samples: int | None = field(default=None, metadata=rule(lambda v: v >= 1, "positive"))
     seed: int = 0
     decontaminate_against: list[str] = field(default_factory=list)
+    # the MTEB tasks that share this source's data (another split of the same dataset): scores on them are not
+    # zero-shot. "registered:<model>" stands for mteb's registered training data of that model (the released mixes)
+    mteb_tasks: list[str] = field(default_factory=list)
     description: str = ""
 
     def cross_checks(self):
@@ -162,6 +165,34 @@ class BuiltDataset:
         groups = None if self.corpus_groups is None else \
             [g for g, k in zip(self.corpus_groups, mask, strict=True) if k]
         return replace(self, corpus=[t for t, k in zip(self.corpus, mask, strict=True) if k], corpus_groups=groups)
+
+
+def registered_training_tasks(name: str) -> set[str] | None:
+    """mteb's registered training data of a model (task names; offline: mteb's own registry), or None when mteb
+    does not know the model."""
+    import mteb
+
+    try:
+        meta = mteb.get_model_meta(name)
+    except Exception:  # mteb raises its own lookup errors for unknown names
+        return None
+    return set(meta.training_datasets) if meta.training_datasets is not None else None
+
+
+def seen_mteb_tasks(recipes: list[Recipe]) -> list[str]:
+    """The MTEB tasks whose data the recipes train on (``mteb_tasks``; ``registered:<model>`` expanded offline from
+    mteb's model registry)."""
+    tasks: set[str] = set()
+    for recipe in recipes:
+        for entry in recipe.mteb_tasks:
+            if entry.startswith("registered:"):
+                registered = registered_training_tasks(entry.removeprefix("registered:"))
+                if registered is None:
+                    raise DataError(f"{recipe.path}: mteb_tasks entry {entry!r}: mteb has no model of that name")
+                tasks |= registered
+            else:
+                tasks.add(entry)
+    return sorted(tasks)
 
 
 def expand_mix(spec: str | Path, seen: tuple = ()) -> list[Recipe]:

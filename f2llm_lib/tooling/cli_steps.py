@@ -65,6 +65,7 @@ def export_main(argv: list[str] | None = None, prog: str | None = None) -> int:
             training["data"] = {"recipes": manifest.get("recipes") or [manifest.get("recipe", "")],
                                 "datasets": {name: {"task_type": info.get("task_type"), "rows": info.get("rows")}
                                              for name, info in manifest.get("datasets", {}).items()}}
+            training["seen_mteb_tasks"] = manifest.get("mteb_tasks")
         out = export_sentence_transformers(_encoder(args), args.out, query_instruction=args.query_instruction,
                                            prompts=prompts, training=training)
     except _errors() as exc:

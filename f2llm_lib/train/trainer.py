@@ -417,7 +417,8 @@ def export_facts(config: TrainConfig, dim: int) -> tuple[dict[str, str], dict]:
                          for name, info in manifest.get("datasets", {}).items()}}
     settings = {key: getattr(config, key) for key in SETTINGS_IN_CARD}
     return training_prompts(manifest), {"backbone": config.model, "data": data, "settings": settings,
-                                        "mrl_dims": mrl_levels(dim) if config.mrl else None}
+                                        "mrl_dims": mrl_levels(dim) if config.mrl else None,
+                                        "seen_mteb_tasks": manifest.get("mteb_tasks")}
 
 
 def resume_from_checkpoint(accelerator: Accelerator, output_dir: Path, loader: MultitaskLoader, config: TrainConfig,
