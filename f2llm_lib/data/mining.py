@@ -136,8 +136,12 @@ def mine_hard_negatives(queries: Sequence[str], positives: Sequence[str], corpus
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     scorer.fit(corpus)
-    corpus_index = {text: i for i, text in enumerate(corpus)}
-    corpus_arr = np.array(corpus, dtype=object)
+    # every index of each text (a text may repeat: the same docstring in two modules), looked up per query
+    # instead of comparing the query's strings with the whole corpus
+    indices_of: dict[str, list[int]] = {}
+    for i, text in enumerate(corpus):
+        indices_of.setdefault(text, []).append(i)
+    corpus_index = {text: found[0] for text, found in indices_of.items()}
     groups = np.asarray(corpus_groups) if corpus_groups is not None else None
     report = MiningReport(config=asdict(config))
     results: list[list[str] | None] = []
@@ -146,7 +150,9 @@ def mine_hard_negatives(queries: Sequence[str], positives: Sequence[str], corpus
         batch_scores = scorer.scores(batch_q)
         for row, scores in enumerate(batch_scores):
             i = begin + row
-            excluded = (corpus_arr == positives[i]) | (corpus_arr == queries[i])
+            excluded = np.zeros(len(corpus), dtype=bool)
+            excluded[indices_of.get(positives[i], [])] = True
+            excluded[indices_of.get(queries[i], [])] = True
             if groups is not None:
                 excluded |= groups == query_groups[i]
             if positives[i] not in corpus_index:

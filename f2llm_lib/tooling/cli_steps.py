@@ -86,7 +86,7 @@ def export_main(argv: list[str] | None = None, prog: str | None = None) -> int:
             api.create_repo(args.push_to_hub, repo_type="model", exist_ok=True)
             api.upload_folder(folder_path=str(out), repo_id=args.push_to_hub, repo_type="model",
                               ignore_patterns=[".*"])
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result))  # one line: scripts read the last line
     return 0
 
 
