@@ -82,19 +82,22 @@ def test_label_needs_two_classes(tmp_path):
 
 
 def test_mining_rule_on_a_constructed_example():
-    # Candidate scores in rank order; the positive scores 0.84 -> margin threshold 0.95 * 0.84 = 0.798.
-    scores = np.array([0.99, 0.97, 0.95, 0.93, 0.91,  # ranks 1-5: skipped (likely false negatives)
-                       0.85, 0.81, 0.799, 0.797, 0.79, 0.5, 0.4, 0.3])
+    # Candidate scores in rank order; the positive scores 0.84 -> margin threshold 0.84 - 0.05 x 0.84 = 0.798.
+    scores = np.array([0.99, 0.97, 0.95, 0.93, 0.91, 0.85, 0.81, 0.799,  # above 0.8 or the margin: filtered out
+                       0.797, 0.79, 0.5, 0.4, 0.3])
     excluded = np.zeros(len(scores), dtype=bool)
-    config = MiningConfig(range_min=5, range_max=100, max_score=0.8, relative_margin=0.05, num_negatives=3)
-    kept, window, kept_scores = select_negatives(scores, 0.84, excluded, config)
-    assert kept == [8, 9, 10]  # 0.85, 0.81 exceed max_score; 0.799 fails the 95% margin; top 3 of the rest
-    assert len(window) == 8 and kept_scores.tolist() == [0.797, 0.79, 0.5]
-    config.range_max = 9  # only ranks 6..9 are looked at
-    assert select_negatives(scores, 0.84, excluded, config)[0] == [8]
-    excluded[9] = True  # an excluded candidate (the positive itself, or the same cluster) is never taken
+    config = MiningConfig(range_min=2, range_max=100, max_score=0.8, relative_margin=0.05, num_negatives=3)
+    kept, pool, kept_scores = select_negatives(scores, 0.84, excluded, config)
+    # survivors 0.797, 0.79, 0.5, 0.4, 0.3; the 2 best survivors are skipped (filters first, then the skip)
+    assert kept == [10, 11, 12]
+    assert len(pool) == 13 and kept_scores.tolist() == [0.5, 0.4, 0.3]
+    config.range_max = 11  # only the 11 best are looked at: survivors 0.797, 0.79, 0.5
+    assert select_negatives(scores, 0.84, excluded, config)[0] == [10]
+    excluded[9] = True  # an excluded candidate (the query's own text, its cluster) is never taken
     config.range_max = 100
-    assert select_negatives(scores, 0.84, excluded, config)[0] == [8, 10, 11]
+    assert select_negatives(scores, 0.84, excluded, config)[0] == [11, 12]
+    config.range_min = 5  # five survivors skipped: none left
+    assert select_negatives(scores, 0.84, np.zeros(len(scores), bool), config)[0] == []
 
 
 class _FixedScorer:

@@ -54,9 +54,14 @@ def _sorted_ascending_survivors(scores, positive, k):
     return list(reversed(nb01.f2llm_negatives(scores, positive, k)))
 
 
-def _no_window_end(scores, positive, k):
-    ranked = np.argsort(-scores, kind="stable")[5:]
-    return [int(i) for i in ranked if scores[i] < 0.8 and scores[i] < 0.95 * positive][:k]
+def _no_pool_end(scores, positive, k):
+    ranked = np.argsort(-scores, kind="stable")
+    return [int(i) for i in ranked if scores[i] <= 0.8 and scores[i] <= 0.95 * positive][5:5 + k]
+
+
+def _no_skip(scores, positive, k):
+    ranked = np.argsort(-scores, kind="stable")[:100]
+    return [int(i) for i in ranked if scores[i] <= 0.8 and scores[i] <= 0.95 * positive][:k]
 
 
 WRONG = [  # (exercise, a wrong answer a learner is likely to give, words its message must contain)
@@ -71,13 +76,15 @@ WRONG = [  # (exercise, a wrong answer a learner is likely to give, words its me
     ("00.3", lambda instruction, text: f"Instruct: {instruction} Query: {text}" if instruction else text, "newline"),
     ("00.3", lambda instruction, text: f"Instruct: {instruction}\nQuery:{text}" if instruction else text, "space"),
     ("00.3", lambda instruction, text: f"Instruct: {instruction}\nQuery: {text}", "without a label"),
-    ("01.1", lambda scores, positive, k: list(np.argsort(-scores)[:k]), "5 best"),
+    ("01.1", lambda scores, positive, k: list(np.argsort(-scores)[:k]), "above 0.8"),
     ("01.1", lambda scores, positive, k: [int(i) for i in np.argsort(-scores, kind="stable")[5:100]
-                                          if scores[i] < 0.95 * positive][:k], "below 0.8"),
-    ("01.1", lambda scores, positive, k: [int(i) for i in np.argsort(-scores, kind="stable")[5:100]
-                                          if scores[i] < 0.8][:k], "95%"),
+                                          if scores[i] < 0.8 and scores[i] < 0.95 * positive][:k],
+     "before filtering"),
+    ("01.1", lambda scores, positive, k: [int(i) for i in np.argsort(-scores, kind="stable")[:100]
+                                          if scores[i] < 0.8][5:5 + k], "95%"),
+    ("01.1", _no_skip, "5 best survivors"),
     ("01.1", _sorted_ascending_survivors, "wrong order"),
-    ("01.1", _no_window_end, "ranks 6 to 100"),
+    ("01.1", _no_pool_end, "only the 100 best"),
     ("01.2", lambda window, positive, margin: float(np.mean(np.asarray(window) < (1 - margin) * positive)),
      "0.8 cap is missing"),
     ("01.2", lambda window, positive, margin: float(np.mean((np.asarray(window) < positive - margin)

@@ -76,10 +76,10 @@ def test_01_mining_by_hand_and_decontamination_agree_with_the_library(tmp_path):
         positive = int(rng.integers(size))
         bounded = bool(trial % 2)
         _, _, kept = idea.mine_by_hand(scores, positive, k=7, max_score=0.8 if bounded else None)
-        excluded = np.zeros(size, bool)
-        excluded[positive] = True
-        library, _, _ = select_negatives(scores, float(scores[positive]), excluded, MiningConfig(num_negatives=7),
-                                         bounded=bounded)
+        is_positive = np.zeros(size, bool)
+        is_positive[positive] = True
+        library, _, _ = select_negatives(scores, float(scores[positive]), np.zeros(size, bool),
+                                         MiningConfig(num_negatives=7), bounded=bounded, positive=is_positive)
         assert kept == library, (trial, kept, library)
     train = ["Return the sum.", "return  the SUM.", "Open a file", "Return the sum. And more.", "x"]
     held_out = ["Return the sum.", "x "]

@@ -1,9 +1,20 @@
-"""Hard-negative mining with F2LLM's rule (sentence-transformers' mine_hard_negatives settings).
+"""Hard-negative mining with F2LLM's rule: sentence-transformers' ``mine_hard_negatives``, in its order.
 
-For each query, rank the candidates by similarity, skip the first ``range_min`` ranks (likely unlabelled
-positives), look no further than rank ``range_max``, keep candidates scoring below ``max_score`` and below
-``(1 - relative_margin)`` x the positive's score, and take the top ``num_negatives`` survivors.
-F2LLM: range_min=5, range_max=100, max_score=0.8, relative_margin=0.05, num_negatives=24.
+F2LLM's mining is sentence-transformers' ``mine_hard_negatives`` with range_min=5, range_max=100, max_score=0.8,
+relative_margin=0.05, num_negatives=24 (docs/F2LLM_REFERENCE.md), so reproducing it means applying that function's
+order (sentence-transformers 6.2, ``util/hard_negatives.py``), for each query:
+
+1. the pool: the ``range_max`` best candidates by score, plus one slot per positive (the positive takes its place
+   in the ranking, then leaves the pool);
+2. filter: drop every candidate scoring above the positive's score minus ``relative_margin`` x |positive's score|
+   (a likely false negative: as relevant as the answer) and, for bounded scorers, above ``max_score``;
+3. of the survivors, best first (at most ``range_max``), skip the first ``range_min`` (likely unlabelled positives
+   that passed the filters) and take the next ``num_negatives``.
+
+Skipping first and filtering after (ranks 6-100, then the filters) reads the rule's prose literally but gives other
+negatives: the five ranks it skips are often ones the margin removes anyway, so it keeps the five best survivors,
+which ``mine_hard_negatives`` skips: harder negatives, and more false ones. ``tests/test_mining_parity.py``
+checks that ours equals ``mine_hard_negatives`` with the same model and settings.
 """
 
 from __future__ import annotations
@@ -94,8 +105,8 @@ class MiningReport:
     seconds: float = 0.0
     config: dict = field(default_factory=dict)
     positive_scores: list[float] = field(default_factory=list)
-    window_scores: list[float] = field(default_factory=list)  # candidates in ranks [range_min, range_max)
-    kept_scores: list[float] = field(default_factory=list)  # survivors of the margin rule
+    window_scores: list[float] = field(default_factory=list)  # the pool: the range_max best candidates
+    kept_scores: list[float] = field(default_factory=list)  # the negatives kept
 
     @property
     def queries_per_second(self) -> float:
@@ -108,17 +119,24 @@ class MiningReport:
 
 
 def select_negatives(scores: np.ndarray, positive_score: float, excluded: np.ndarray, config: MiningConfig,
-                     bounded: bool = True) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """Apply F2LLM's rule to one query's candidate scores; return (kept indices, window scores, kept scores)."""
-    masked = np.where(excluded, -np.inf, scores)
-    order = np.argsort(-masked, kind="stable")[: config.range_max]
-    order = order[np.isfinite(masked[order])]
-    window = order[config.range_min:]
-    ok = masked[window] < (1.0 - config.relative_margin) * positive_score
+                     bounded: bool = True, positive: np.ndarray | None = None,
+                     ) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """F2LLM's rule (see the module's docstring) for one query's candidate scores; return (kept indices, the pool's
+    scores, the kept scores). ``excluded``: never candidates (the query's own text, its cluster's members);
+    ``positive``: the positive's indices, which hold a place in the pool's ranking and are never kept."""
+    candidates = np.where(excluded, -np.inf, scores)
+    slots = config.range_max + (int(positive.sum()) if positive is not None else 0)
+    pool = np.argsort(-candidates, kind="stable")[:slots]
+    pool = pool[np.isfinite(candidates[pool])]
+    if positive is not None:
+        pool = pool[~positive[pool]]
+    pool_scores = candidates[pool]
+    passes = pool_scores <= positive_score - abs(positive_score) * config.relative_margin
     if bounded and config.max_score is not None:
-        ok &= masked[window] < config.max_score
-    kept = window[ok][: config.num_negatives]
-    return kept.tolist(), masked[window], masked[kept]
+        passes &= pool_scores <= config.max_score
+    survivors = pool[passes][: config.range_max]
+    kept = survivors[config.range_min:][: config.num_negatives]
+    return kept.tolist(), pool_scores, candidates[kept]
 
 
 def mine_hard_negatives(queries: Sequence[str], positives: Sequence[str], corpus: Sequence[str], scorer,
@@ -150,16 +168,19 @@ def mine_hard_negatives(queries: Sequence[str], positives: Sequence[str], corpus
         batch_scores = scorer.scores(batch_q)
         for row, scores in enumerate(batch_scores):
             i = begin + row
+            positive = np.zeros(len(corpus), dtype=bool)
+            positive[indices_of.get(positives[i], [])] = True
             excluded = np.zeros(len(corpus), dtype=bool)
-            excluded[indices_of.get(positives[i], [])] = True
             excluded[indices_of.get(queries[i], [])] = True
             if groups is not None:
                 excluded |= groups == query_groups[i]
+            excluded &= ~positive  # a clustering positive is of the query's own group: it keeps its place
             if positives[i] not in corpus_index:
                 raise DataError(f"mining: the positive of query {i} is not in the corpus; add it (its score is the "
                                 "reference for the margin rule)")
             pos_score = float(scores[corpus_index[positives[i]]])
-            kept, window, kept_scores = select_negatives(scores, pos_score, excluded, config, scorer.bounded)
+            kept, window, kept_scores = select_negatives(scores, pos_score, excluded, config, scorer.bounded,
+                                                         positive=positive)
             report.positive_scores.append(pos_score)
             report.window_scores.extend(window.tolist())
             report.kept_scores.extend(kept_scores.tolist())
@@ -170,7 +191,7 @@ def mine_hard_negatives(queries: Sequence[str], positives: Sequence[str], corpus
                     results.append(None)
                     continue
                 if config.on_shortfall == "random_fill":
-                    pool = np.flatnonzero(~excluded & ~np.isin(np.arange(len(corpus)), kept))
+                    pool = np.flatnonzero(~excluded & ~positive & ~np.isin(np.arange(len(corpus)), kept))
                     need = min(config.num_negatives - len(kept), len(pool))
                     kept += rng.choice(pool, size=need, replace=False).tolist()
                     report.filled_randomly += 1

@@ -65,11 +65,11 @@ def _save(fig, path: Path | None):
 
 
 def plot_mining_scores(mining: dict, scorer: str, path: Path | None = None):
-    """Per mined dataset: the score histograms of the candidate window (ranks 6-100), the kept negatives and the
+    """Per mined dataset: the score histograms of the candidate pool (the 100 best), the kept negatives and the
     positives (``mining`` is ``curate(...).mining``: dataset -> MiningReport)."""
     fig, axes = plt.subplots(1, max(1, len(mining)), figsize=(5 * max(1, len(mining)), 3.2), squeeze=False)
     for ax, (name, report) in zip(axes[0], mining.items(), strict=False):
-        ax.hist(report.window_scores, bins=40, alpha=0.5, label="ranks 6-100 (before)", density=True)
+        ax.hist(report.window_scores, bins=40, alpha=0.5, label="the pool: 100 best (before)", density=True)
         ax.hist(report.kept_scores, bins=40, alpha=0.6, label="kept negatives (after)", density=True)
         ax.hist(report.positive_scores, bins=40, alpha=0.5, label="positives", density=True)
         ax.set_title(f"{name} ({scorer})")

@@ -10,24 +10,31 @@ from ._common import ExerciseFailed
 
 
 def f2llm_negatives(scores: np.ndarray, positive_score: float, k: int) -> list[int]:
-    """Reference for 01.1, worked through.
+    """Reference for 01.1, worked through (sentence-transformers' ``mine_hard_negatives``, which F2LLM ran).
 
-    1. Rank every candidate, best first (a stable sort, so ties keep their order).
-    2. The window: ranks 6 to 100, i.e. skip the 5 best (likely unlabelled positives) and stop at rank 100.
-    3. The margin rule: keep a candidate only if it scores below 0.8 and below 95% of the positive's score.
-    4. The first k survivors, still best first.
+    1. Rank every candidate, best first (a stable sort, so ties keep their order); the pool is the 100 best.
+    2. Filter the pool: drop a candidate scoring above 0.8, or above 95% of the positive's score (the positive minus
+       5% of its absolute value): as relevant as the answer, it is probably another answer.
+    3. Of the survivors, still best first, skip the first 5 (likely unlabelled positives that passed the filters)
+       and take the next k.
     """
     scores = np.asarray(scores, dtype=float)
-    ranked = np.argsort(-scores, kind="stable")
-    window = ranked[5:100]
-    survivors = [int(i) for i in window if scores[i] < 0.8 and scores[i] < 0.95 * positive_score]
-    return survivors[:k]
+    pool = np.argsort(-scores, kind="stable")[:100]
+    threshold = positive_score - abs(positive_score) * 0.05
+    survivors = [int(i) for i in pool if scores[i] <= 0.8 and scores[i] <= threshold]
+    return survivors[5:5 + k]
+
+
+def skip_then_filter(scores: np.ndarray, positive_score: float, k: int) -> list[int]:
+    """The rule's prose read literally (skip ranks 1-5, then filter ranks 6-100): another order, other negatives."""
+    ranked = np.argsort(-np.asarray(scores, dtype=float), kind="stable")[5:100]
+    return [int(i) for i in ranked if scores[i] <= 0.8 and scores[i] <= 0.95 * positive_score][:k]
 
 
 def check_f2llm_negatives(answer) -> None:
     rng = np.random.default_rng(0)
     scores = rng.uniform(0.3, 0.95, size=300)
-    # positive 0.82: 95% of it (0.779) binds and fewer than k survive in ranks 6-100 (the window's end matters);
+    # positive 0.82: 95% of it (0.779) binds and fewer than k survive in the 100 best (the pool's end matters);
     # positive 0.92: 95% of it is 0.874, so the 0.8 cap binds
     for positive, k in ((0.82, 24), (0.92, 24)):
         got = answer(scores, positive, k)
@@ -40,24 +47,30 @@ def _explain_negatives(got: list[int], scores: np.ndarray, positive: float, k: i
     expected = f2llm_negatives(scores, positive, k)
     ranked = np.argsort(-scores, kind="stable")
     rank_of = {int(c): r + 1 for r, c in enumerate(ranked)}
-    if set(ranked[:5].tolist()) & set(got):
-        raise ExerciseFailed("you kept a candidate among the 5 best: F2LLM skips them (likely false negatives)")
-    if any(scores[i] >= 0.8 for i in got):
-        raise ExerciseFailed(f"positive score {positive}: you kept a candidate scoring 0.8 or more: the rule keeps "
-                             "scores below 0.8")
-    if any(scores[i] >= 0.95 * positive for i in got):
-        raise ExerciseFailed(f"positive score {positive}: you kept a candidate scoring at least 95% of the "
+    if got == expected:
+        return
+    if got == skip_then_filter(scores, positive, k):
+        raise ExerciseFailed("you skipped ranks 1-5 before filtering: mine_hard_negatives (what F2LLM ran) filters "
+                             "the 100 best first, then skips the 5 best survivors")
+    if any(scores[i] > 0.8 for i in got):
+        raise ExerciseFailed(f"positive score {positive}: you kept a candidate scoring above 0.8: the rule keeps "
+                             "scores of at most 0.8")
+    if any(scores[i] > 0.95 * positive for i in got):
+        raise ExerciseFailed(f"positive score {positive}: you kept a candidate scoring above 95% of the "
                              f"positive's score ({0.95 * positive:.3f} here)")
+    survivors = [int(i) for i in ranked[:100] if scores[i] <= 0.8 and scores[i] <= 0.95 * positive]
+    if set(survivors[:5]) & set(got):
+        raise ExerciseFailed("you kept one of the 5 best survivors: they are skipped (likely false negatives that "
+                             "passed the filters)")
     if any(rank_of[i] > 100 for i in got):
-        raise ExerciseFailed(f"you kept a candidate ranked {max(rank_of[i] for i in got)}: only ranks 6 to 100 are "
-                             "looked at, even when fewer than k survive")
-    if sorted(got) == sorted(expected) and got != expected:
+        raise ExerciseFailed(f"you kept a candidate ranked {max(rank_of[i] for i in got)}: only the 100 best are "
+                             "looked at, even when fewer than 5 + k survive")
+    if sorted(got) == sorted(expected):
         raise ExerciseFailed("the right candidates in the wrong order: return them best first (highest score first)")
-    if got != expected:
-        missing = sorted(set(expected) - set(got), key=rank_of.get)
-        raise ExerciseFailed(f"positive score {positive}: kept {len(got)} candidates, expected {len(expected)}; "
-                             + (f"e.g. the candidate at rank {rank_of[missing[0]]} passes every test but is missing. "
-                                if missing else "") + "Take the first k survivors in score order among ranks 6 to 100")
+    missing = sorted(set(expected) - set(got), key=rank_of.get)
+    raise ExerciseFailed(f"positive score {positive}: kept {len(got)} candidates, expected {len(expected)}; "
+                         + (f"e.g. the candidate at rank {rank_of[missing[0]]} is missing. " if missing else "")
+                         + "Filter the 100 best, skip the 5 best survivors, take the next k in score order")
 
 
 def kept_fraction(window_scores: np.ndarray, positive_score: float, relative_margin: float) -> float:
@@ -73,7 +86,7 @@ def kept_fraction(window_scores: np.ndarray, positive_score: float, relative_mar
 
 
 def check_kept_fraction(answer) -> None:
-    window = np.linspace(0.3, 0.95, 66)  # cosines of the candidates ranked 6 to 100 for one query
+    window = np.linspace(0.3, 0.95, 66)  # cosines of one query's pool of candidates
     positive = 0.92  # 95% of it is 0.874: above the 0.8 cap, so the cap decides for small margins
     for margin in (0.0, 0.05, 0.3):
         got = answer(window, positive, margin)
