@@ -38,15 +38,15 @@ def _gradients(encoder) -> dict[str, torch.Tensor]:
     return {name: p.grad.detach().clone() for name, p in encoder.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("rows", [1, 5, 64])
-def test_cached_gradients_equal_the_full_batch_in_one_process(data_dir, rows):
+@pytest.mark.parametrize("rows, mrl", [(1, False), (5, False), (64, False), (5, True)])
+def test_cached_gradients_equal_the_full_batch_in_one_process(data_dir, rows, mrl):
     torch.manual_seed(0)
     model, tokenizer = load_backbone("tiny-qwen3", seed=0)
     accelerator = Accelerator(cpu=True)
     encoder = accelerator.prepare(F2LLMEncoder(model, tokenizer, max_length=48))
     encoder.train()
     config = TrainConfig.from_dict({"model": "tiny-qwen3", "data_dir": str(data_dir), "num_negatives": 3,
-                                    "max_length": 48})
+                                    "max_length": 48, "mrl": mrl})  # with MRL: every level's loss through the cache
     loader = MultitaskLoader(data_dir, 6, 3, smollm2_tokenizer().pad_token_id, seed=0)
     seen = set()
     while len(seen) < 2:  # one retrieval batch (in-batch term) and one clustering batch
