@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from helpers import tokenized_pycode
 from safetensors.torch import load_file
 
@@ -42,7 +43,9 @@ def _gradients(encoder) -> dict[str, torch.Tensor]:
 def test_cached_gradients_equal_the_full_batch_in_one_process(data_dir, rows, mrl):
     torch.manual_seed(0)
     model, tokenizer = load_backbone("tiny-qwen3", seed=0)
-    accelerator = Accelerator(cpu=True)
+    # accelerate keeps one process-wide state: another test's bf16 Accelerator would otherwise carry over
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(cpu=True, mixed_precision="no")
     encoder = accelerator.prepare(F2LLMEncoder(model, tokenizer, max_length=48))
     encoder.train()
     config = TrainConfig.from_dict({"model": "tiny-qwen3", "data_dir": str(data_dir), "num_negatives": 3,
