@@ -65,6 +65,15 @@ def training_prompts(manifest: dict) -> dict[str, str]:
     return prompts
 
 
+def training_data_facts(manifest: dict) -> dict[str, Any]:
+    """What a model card says about the training data, from a tokenized folder's ``manifest.json``: the recipes, each
+    dataset's task type and size, and the MTEB tasks the recipes share data with (None when not recorded)."""
+    return {"data": {"recipes": manifest.get("recipes") or [manifest.get("recipe", "")],
+                     "datasets": {name: {"task_type": info.get("task_type"), "rows": info.get("rows")}
+                                  for name, info in manifest.get("datasets", {}).items()}},
+            "seen_mteb_tasks": manifest.get("mteb_tasks")}
+
+
 def export_sentence_transformers(encoder: F2LLMEncoder, out_dir: str | Path,
                                  query_instruction: str | None = None, prompts: dict[str, str] | None = None,
                                  training: dict[str, Any] | None = None) -> Path:

@@ -53,7 +53,7 @@ def export_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="with --push-to-hub: list what would be uploaded")
     args = parser.parse_args(argv)
     from ..data.tokenized import TokenizedDataError
-    from ..embedder.export import export_sentence_transformers, training_prompts
+    from ..embedder.export import export_sentence_transformers, training_data_facts, training_prompts
 
     try:
         prompts, training = {}, {"backbone": args.model}
@@ -62,10 +62,7 @@ def export_main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
             manifest = TokenizedData(args.data).manifest
             prompts = training_prompts(manifest)
-            training["data"] = {"recipes": manifest.get("recipes") or [manifest.get("recipe", "")],
-                                "datasets": {name: {"task_type": info.get("task_type"), "rows": info.get("rows")}
-                                             for name, info in manifest.get("datasets", {}).items()}}
-            training["seen_mteb_tasks"] = manifest.get("mteb_tasks")
+            training.update(training_data_facts(manifest))
         out = export_sentence_transformers(_encoder(args), args.out, query_instruction=args.query_instruction,
                                            prompts=prompts, training=training)
     except _errors() as exc:

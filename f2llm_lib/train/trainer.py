@@ -408,17 +408,13 @@ SETTINGS_IN_CARD = ("max_steps", "per_device_batch", "grad_accum", "num_negative
 
 def export_facts(config: TrainConfig, dim: int) -> tuple[dict[str, str], dict]:
     """The export's prompts (the training data's instructions) and the facts its model card shows."""
-    from ..embedder.export import training_prompts
+    from ..embedder.export import training_data_facts, training_prompts
     from ..losses.api import mrl_levels
 
     manifest = json.loads((Path(config.data_dir) / "manifest.json").read_text())
-    data = {"recipes": manifest.get("recipes") or [manifest.get("recipe", "")],
-            "datasets": {name: {"task_type": info.get("task_type"), "rows": info.get("rows")}
-                         for name, info in manifest.get("datasets", {}).items()}}
     settings = {key: getattr(config, key) for key in SETTINGS_IN_CARD}
-    return training_prompts(manifest), {"backbone": config.model, "data": data, "settings": settings,
-                                        "mrl_dims": mrl_levels(dim) if config.mrl else None,
-                                        "seen_mteb_tasks": manifest.get("mteb_tasks")}
+    return training_prompts(manifest), {"backbone": config.model, **training_data_facts(manifest),
+                                        "settings": settings, "mrl_dims": mrl_levels(dim) if config.mrl else None}
 
 
 def resume_from_checkpoint(accelerator: Accelerator, output_dir: Path, loader: MultitaskLoader, config: TrainConfig,
