@@ -148,3 +148,15 @@ def test_04_ndcg_and_ranking_agree_with_mteb(tmp_path):
     d = F.normalize(torch.randn(40, 8), dim=-1)
     expected = [[doc_ids[int(i)] for i in torch.argsort(q[r] @ d.T, descending=True)[:10]] for r in range(3)]
     assert idea.rank_corpus(q, d, doc_ids) == expected
+
+
+@pytest.mark.parametrize("path", all_notebooks(), ids=lambda p: p.stem)
+def test_prose_cells_render_as_prose(path):
+    """Markdown cells hold Markdown: the notebook's title is its only level-1 heading. A cell whose lines all start
+    with '# ' (a script's comment block pasted as Markdown) renders every line as a title."""
+    nb = nbformat.read(path, as_version=4)
+    markdown = [c.source for c in nb.cells if c.cell_type == "markdown"]
+    titles = [(i, line) for i, source in enumerate(markdown) for line in source.splitlines()
+              if line.startswith("# ") or line == "#"]
+    assert titles == [(0, markdown[0].splitlines()[0])], f"{path.stem}: level-1 headings beside the title: {titles[:3]}"
+    assert markdown[0].startswith(f"# {path.stem[:2]} · ")
