@@ -148,6 +148,11 @@ def test_04_ndcg_and_ranking_agree_with_mteb(tmp_path):
     d = F.normalize(torch.randn(40, 8), dim=-1)
     expected = [[doc_ids[int(i)] for i in torch.argsort(q[r] @ d.T, descending=True)[:10]] for r in range(3)]
     assert idea.rank_corpus(q, d, doc_ids) == expected
+    from f2llm_lib.evaluation.matryoshka import truncate_embeddings
+
+    wide = F.normalize(torch.randn(5, 37), dim=-1)
+    for dim in (1, 8, 36, 37):  # the notebook's cut equals the one mteb is handed
+        torch.testing.assert_close(idea.truncate(wide, dim), torch.as_tensor(truncate_embeddings(wide.numpy(), dim)))
 
 
 @pytest.mark.parametrize("path", all_notebooks(), ids=lambda p: p.stem)

@@ -73,6 +73,22 @@ def write_run_report(run_dir: str | Path) -> Path:
             f"({info['unseen_tasks']} of {info['tasks']} tasks; all {info['mean']})" for model, info in leakage.items())
         report["summary"].append(summary + ".")
         lines += [report["summary"][-1], ""]
+    mrl = evaluation.get("mrl") or {}
+    report["mrl"] = mrl.get("rows", [])  # (model, dim, task, score): one model scored at each Matryoshka width
+    if report["mrl"]:
+        widths = pd.DataFrame(report["mrl"]).pivot_table(index="dim", columns="task", values="score",
+                                                         aggfunc="first")
+        full = widths.index.max()
+        trained = "trained at these widths" if mrl.get("trained_dims") else "NOT trained with MRL levels"
+        lines += [f"## Matryoshka: `{mrl.get('model')}` at fewer dimensions ({trained})", "",
+                  to_markdown(widths.rename_axis("dim")), ""]
+        smallest = [d for d in (64, 8) if d in widths.index and d != full]
+        summary = (f"MRL: share of the full {full}-dim score kept " + "; ".join(
+            f"at {d} dims " + ", ".join(f"{task} {100 * widths.loc[d, task] / widths.loc[full, task]:.0f}%"
+                                        for task in widths.columns if widths.loc[full, task])
+            for d in smallest) + ".") if smallest else f"MRL: scored at {list(widths.index)} dims."
+        report["summary"].append(summary)
+        lines += [summary, ""]
     curve = evaluation.get("curve") or []
     report["curve"] = curve
     if curve:
@@ -93,6 +109,7 @@ def write_run_report(run_dir: str | Path) -> Path:
     lines += [f"| {name} | {seconds} |" for name, seconds in report["notebook_seconds"].items()]
     lines += [f"| total | {round(sum(report['notebook_seconds'].values()), 1)} |", ""]
     for notebook, plot in (("04_mteb_evaluation", "scores.png"), ("04_mteb_evaluation", "curve.png"),
+                           ("04_mteb_evaluation", "mrl_dimensions.png"),
                            ("03_multi_gpu_finetuning", "loss_curves.png"),
                            ("01_data_curation", "mining_scores.png")):
         if (run_dir / notebook / plot).exists():

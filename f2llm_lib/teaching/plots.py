@@ -57,6 +57,22 @@ def plot_curve(rows: list[dict], references: dict[str, float], path: Path | None
     return fig
 
 
+def plot_dimension_scores(rows: list[dict], full_scores: dict[str, float], path: Path | None = None):
+    """Score against embedding dimension (``rows`` of ``dimension_scores``: one line per task, log-2 axis), with each
+    task's full-dimension score from the main evaluation as a dotted line of the same colour."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for task in dict.fromkeys(r["task"] for r in rows):
+        points = sorted((r["dim"], r["score"]) for r in rows if r["task"] == task)
+        line, = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=task)
+        if task in full_scores:
+            ax.axhline(full_scores[task], linestyle=":", color=line.get_color(), linewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("dimensions kept (first coordinates, renormalised)")
+    ax.set_ylabel("main score x 100")
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
 def _save(fig, path: Path | None):
     fig.tight_layout()
     if path is not None:
