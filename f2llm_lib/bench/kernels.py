@@ -123,6 +123,48 @@ def record() -> list[dict]:
     return launches
 
 
+def count_launches(batch: int, dim: int, dims: Sequence[int], dtype: str = "bfloat16") -> dict:
+    """Launches of one forward + backward of the fused op's large-batch path with B = N = ``batch`` in-batch pairs
+    (no hard negatives), counted without running anything: Triton kernels are recorded, GEMMs (every one goes
+    through ``fused_large_batch._product_into`` in bf16 and fp32) counted and skipped. Buffer zeroing and
+    allocations are not counted. Run it with ``TRITON_INTERPRET=1`` (``--count-launches``): any size fits a CPU."""
+    import torch
+
+    from ..losses import fused, fused_large_batch
+    from ..losses.api import contrastive_loss
+    from ..losses.kernel_settings import KernelSettings
+
+    if dtype not in ("bfloat16", "float32"):
+        raise ValueError(f"counting covers the bf16 and fp32 paths (their GEMMs all go through one function), "
+                         f"not {dtype}")
+    counts: dict[str, int] = {}
+
+    class Counter:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                counts[self.name] = counts.get(self.name, 0) + 1
+
+            return launch
+
+    def gemm(out, a, b, accumulate):
+        counts["gemm"] = counts.get("gemm", 0) + 1
+
+    for module_name, names in KERNELS.items():
+        module = fused if module_name == "fused" else fused_large_batch
+        for name in names:
+            setattr(module, name, Counter(name))
+    fused_large_batch._product_into = gemm
+    q = torch.zeros(batch, dim, dtype=getattr(torch, dtype), requires_grad=True)
+    p = torch.zeros(batch, dim, dtype=getattr(torch, dtype), requires_grad=True)
+    loss = contrastive_loss(q, p, impl="triton", mrl_dims=list(dims), kernel=KernelSettings(strategy="large_batch"))
+    loss.backward()
+    return {"batch": batch, "dim": dim, "dims": list(dims), "dtype": dtype, "kernels": counts,
+            "total": sum(counts.values())}
+
+
 def _signature(fn, launch: dict, half: str) -> tuple[dict, dict, dict, dict]:
     """Triton's (signature, constexprs, attrs, options) for one recorded launch, fp16 pointers retyped to half."""
     names = fn.arg_names
@@ -240,7 +282,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--record", action="store_true", help="only record the launches: JSON on stdout")
     parser.add_argument("--launches", type=Path, help="compile launches recorded earlier (--record) instead, e.g.\n"
                         "with another Triton on PYTHONPATH: the one a GPU machine runs")
+    parser.add_argument("--count-launches", type=int, metavar="B",
+                        help="count the launches of one large-batch forward + backward at B x B\n"
+                        "(with TRITON_INTERPRET=1)")
+    parser.add_argument("--dim", type=int, default=384, help="with --count-launches: the feature dimension")
+    parser.add_argument("--dims", default="64,128,256,384", help="with --count-launches: the MRL prefix dims")
     args = parser.parse_args(argv)
+    if args.count_launches:
+        print(json.dumps(count_launches(args.count_launches, args.dim, [int(d) for d in args.dims.split(",")])))
+        return 0
     if args.record:
         print(json.dumps(record()))
         return 0
