@@ -25,8 +25,11 @@ def kernels(tmp_path_factory):
 def test_every_kernel_compiles_for_sm90(kernels):
     assert {row["kernel"] for row in kernels} == {
         "_in_batch_stats_kernel", "_row_loss_kernel", "_query_grad_kernel", "_key_grad_kernel",
-        "_prefix_norms_kernel", "_logit_grad_tile_kernel", "_key_epilogue_kernel"}
+        "_prefix_norms_kernel", "_logit_grad_tile_kernel", "_key_epilogue_kernel", "_segment_grad_tile_kernel",
+        "_key_segment_epilogue_kernel"}
     assert {row["dtype"] for row in kernels} == {"bf16", "fp32"}
+    # the one-pass MRL backward runs in bf16 on a GPU: compiled for it, not only for the fp32 of the CPU tests
+    assert {row["dtype"] for row in kernels if row["kernel"] == "_segment_grad_tile_kernel"} == {"bf16", "fp32"}
     assert not [row for row in kernels if row["error"]], "kernels that failed to compile"
     assert all(int(row["shared"]) <= 227 * 1024 for row in kernels)
 

@@ -188,9 +188,10 @@ def test_large_batch_tile_shape_changes_nothing_but_speed(monkeypatch):
     """Another tile shape (the GPU benchmark's sweep) gives the same loss and gradients, and the backward launches
     with the shape its forward was given. 40 x 50 pairs: several tiles of 16 x 32."""
     launched = []
-    launch = fused_large_batch.logit_grad_tiles
-    monkeypatch.setattr(fused_large_batch, "logit_grad_tiles",
-                        lambda *a, **k: launched.append(k["tiles"]) or launch(*a, **k))
+    for name in ("logit_grad_tiles", "segment_grad_tiles"):  # one pass per level, or one for all levels
+        launch = getattr(fused_large_batch, name)
+        monkeypatch.setattr(fused_large_batch, name,
+                            lambda *a, launch=launch, **k: launched.append(k["tiles"]) or launch(*a, **k))
     tensors = _inputs(40, 24, 0, 10, seed=7)
     truth, truth_grads = _loss_and_grads("reference", tensors, torch.float64, True, True)
     leaves = [t.float().requires_grad_() if t is not None else None for t in tensors]
@@ -245,3 +246,55 @@ def test_grouped_forward_leaves_autocast_as_it_found_it():
     group = PaddedGroup(ids, torch.ones_like(ids), torch.full((3,), 6), torch.arange(3))
     out = encoder(chunks=[group])
     assert out.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize("dims", [[8, 24, 40], [5, 13, 30, 72], [72]], ids=["short-of-d", "ragged", "one-level"])
+def test_one_pass_mrl_backward_matches_float64_and_the_per_level_path(dims, monkeypatch):
+    """The large-batch backward with every MRL level in one tile pass (summed per prefix segment, one GEMM per
+    segment, the key normalisation from the tile's own sums) against float64 and against one pass per level:
+    B = 37 queries, N = 48 keys, d = 72; levels short of d (no in-batch gradient past the last), of odd widths
+    (no vectorisation hint), or one; a one-tile scratch, so both sides walk several chunks; a zero query."""
+    calls = []
+    launch = fused_large_batch.segment_grad_tiles
+    monkeypatch.setattr(fused_large_batch, "segment_grad_tiles", lambda *a, **k: calls.append(1) or launch(*a, **k))
+    tensors = list(_inputs(37, 72, 0, 11, seed=11))
+    tensors[0][3] = 0.0  # a zero query: no direction, no gradient
+    leaves64 = [t.clone().requires_grad_() if t is not None else None for t in tensors]
+    truth = contrastive_loss(leaves64[0], leaves64[1], shared_negatives=leaves64[3], mrl_dims=dims, impl="reference")
+    truth.backward()
+    atol, rtol = TOLERANCES[torch.float32]
+    for one_pass in (True, False):
+        calls.clear()
+        leaves = [t.float().requires_grad_() if t is not None else None for t in tensors]
+        settings = KernelSettings(strategy="large_batch", scratch_bytes=1, tiles=TileShape.parse("16x16w4s2"),
+                                  segment_levels=one_pass)
+        loss = contrastive_loss(leaves[0], leaves[1], shared_negatives=leaves[3], mrl_dims=dims, impl="triton",
+                                kernel=settings)
+        loss.backward()
+        assert bool(calls) == (one_pass and len(dims) > 1)
+        assert_verbose_allclose(loss, truth, atol, rtol, name=f"loss, one pass {one_pass}")
+        others = torch.arange(37) != 3  # float64's F.normalize gives the zero query a gradient of order 1e12
+        assert_verbose_allclose(leaves[0].grad[others], leaves64[0].grad[others], atol, rtol,
+                                name=f"grad of the queries, one pass {one_pass}")
+        for index in (1, 3):
+            assert_verbose_allclose(leaves[index].grad, leaves64[index].grad, atol, rtol,
+                                    name=f"grad of input {index}, one pass {one_pass}")
+        assert torch.all(leaves[0].grad[3] == 0)
+
+
+@pytest.mark.parametrize("temperature", [0.05, 0.02], ids=["fixed-max", "online-max"])
+def test_both_softmax_maxima_match_float64(temperature):
+    """At tau = 0.05 the forward takes 1 / tau as every row's maximum (exp(-2 / tau) = exp(-40) is a normal fp32
+    number); at tau = 0.02 (exp(-100) is not) it rescales online. Sharp inputs: queries equal to their positives."""
+    from f2llm_lib.losses.fused import fixed_maximum
+
+    assert fixed_maximum(1 / 0.05) and not fixed_maximum(1 / 0.02)
+    tensors = list(_inputs(21, 40, 2, 6, seed=12))
+    tensors[1][:10] = tensors[0][:10]  # cosine 1: the logit reaches the fixed maximum exactly
+    truth, truth_grads = _loss_and_grads("reference", tensors, torch.float64, True, True, temperature=temperature)
+    atol, rtol = TOLERANCES[torch.float32]
+    for impl in ("triton", "triton-large-batch"):
+        loss, grads = _loss_and_grads(impl, tensors, torch.float32, True, True, temperature=temperature)
+        assert_verbose_allclose(loss, truth, atol, rtol, name=f"{impl} loss")
+        for index, (grad, expected) in enumerate(zip(grads, truth_grads, strict=True)):
+            assert_verbose_allclose(grad, expected, atol, rtol, name=f"{impl} grad of input {index}")

@@ -38,7 +38,8 @@ from pathlib import Path
 from ..atomic import atomic_write_csv
 
 KERNELS = {"fused": ("_in_batch_stats_kernel", "_row_loss_kernel", "_query_grad_kernel", "_key_grad_kernel"),
-           "fused_large_batch": ("_prefix_norms_kernel", "_logit_grad_tile_kernel", "_key_epilogue_kernel")}
+           "fused_large_batch": ("_prefix_norms_kernel", "_logit_grad_tile_kernel", "_key_epilogue_kernel",
+                                 "_segment_grad_tile_kernel", "_key_segment_epilogue_kernel")}
 # name: (strategy, dtype, B, extra keys, hard negatives, d, MRL, in-batch): every launch configuration the op uses.
 # MRL: True for F2LLM-v2's levels (8, 16, ..., d), False for d alone, or the prefix dims themselves.
 CASES = {
@@ -54,6 +55,10 @@ CASES = {
     # the benchmark's mrl regime (d = 384, dims 64 ... 384): large-batch path, and the small-batch one of its GPU test
     "mrl-384": ("large_batch", "float16", 16, 16, 0, 384, (64, 128, 256, 384), True),
     "mrl-384-registers": ("registers", "float16", 16, 16, 0, 384, (64, 128, 256, 384), True),
+    # the one-pass MRL backward (bf16 and fp32 only: recorded in fp32, and in fp16 with its factor folding forced
+    # on, which the bf16 compile then stands for)
+    "mrl-384-one-pass": ("large_batch", "float32", 16, 16, 0, 384, (64, 128, 256, 384), True),
+    "mrl-384-one-pass-half": ("large_batch", "float16", 16, 16, 0, 384, (64, 128, 256, 384), True),
 }
 
 
@@ -107,8 +112,10 @@ def record() -> list[dict]:
     # the tile shapes the GPU benchmark sweeps (--large-batch-sweep), on the benchmarked case
     runs += [(f"large@{tiles}", CASES["large"], KernelSettings(strategy="large_batch", tiles=tiles))
              for tiles in SWEEP_TILES]
+    folds = fused_large_batch.folds
     for case, (_strategy, dtype, batch, extra, k_hard, dim, mrl, in_batch), settings in runs:
         current["case"] = case
+        fused_large_batch.folds = (lambda dtype: True) if case.endswith("one-pass-half") else folds
         gen = torch.Generator().manual_seed(0)
 
         def make(*shape, gen=gen, dtype=dtype):
@@ -123,11 +130,13 @@ def record() -> list[dict]:
     return launches
 
 
-def count_launches(batch: int, dim: int, dims: Sequence[int], dtype: str = "bfloat16") -> dict:
+def count_launches(batch: int, dim: int, dims: Sequence[int], dtype: str = "bfloat16",
+                   segment_levels: bool = True) -> dict:
     """Launches of one forward + backward of the fused op's large-batch path with B = N = ``batch`` in-batch pairs
     (no hard negatives), counted without running anything: Triton kernels are recorded, GEMMs (every one goes
     through ``fused_large_batch._product_into`` in bf16 and fp32) counted and skipped. Buffer zeroing and
-    allocations are not counted. Run it with ``TRITON_INTERPRET=1`` (``--count-launches``): any size fits a CPU."""
+    allocations are not counted. Run it with ``TRITON_INTERPRET=1`` (``--count-launches``): any size fits a CPU.
+    ``segment_levels``: the one-pass MRL backward (True) or one pass per level (False, the earlier path)."""
     import torch
 
     from ..losses import fused, fused_large_batch
@@ -159,9 +168,11 @@ def count_launches(batch: int, dim: int, dims: Sequence[int], dtype: str = "bflo
     fused_large_batch._product_into = gemm
     q = torch.zeros(batch, dim, dtype=getattr(torch, dtype), requires_grad=True)
     p = torch.zeros(batch, dim, dtype=getattr(torch, dtype), requires_grad=True)
-    loss = contrastive_loss(q, p, impl="triton", mrl_dims=list(dims), kernel=KernelSettings(strategy="large_batch"))
+    loss = contrastive_loss(q, p, impl="triton", mrl_dims=list(dims),
+                            kernel=KernelSettings(strategy="large_batch", segment_levels=segment_levels))
     loss.backward()
-    return {"batch": batch, "dim": dim, "dims": list(dims), "dtype": dtype, "kernels": counts,
+    return {"batch": batch, "dim": dim, "dims": list(dims), "dtype": dtype, "one_pass": segment_levels,
+            "kernels": counts,
             "total": sum(counts.values())}
 
 
@@ -287,9 +298,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                         "(with TRITON_INTERPRET=1)")
     parser.add_argument("--dim", type=int, default=384, help="with --count-launches: the feature dimension")
     parser.add_argument("--dims", default="64,128,256,384", help="with --count-launches: the MRL prefix dims")
+    parser.add_argument("--per-level", action="store_true",
+                        help="with --count-launches: one backward pass per MRL level (the earlier path)")
     args = parser.parse_args(argv)
     if args.count_launches:
-        print(json.dumps(count_launches(args.count_launches, args.dim, [int(d) for d in args.dims.split(",")])))
+        print(json.dumps(count_launches(args.count_launches, args.dim, [int(d) for d in args.dims.split(",")],
+                                        segment_levels=not args.per_level)))
         return 0
     if args.record:
         print(json.dumps(record()))

@@ -19,7 +19,8 @@ glibc's mmap threshold fixed at 1 MiB so that freed blocks leave RSS); GPU peak 
 ``max_memory_allocated`` above the inputs. ``workspace_mb`` = peak minus the gradients returned (which
 every implementation must hold): the "extra memory" of the fused op's large-batch target.
 On a GPU the large regime also runs ``triton-registers`` (the fused op with its small-batch backward forced),
-the baseline for its large-batch path in the same run.
+the baseline for its large-batch path in the same run, and the mrl regime ``triton-per-level`` (one backward
+pass per MRL level), the baseline for its one-pass MRL backward.
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ GPU_REFERENCE_MAX = 16384
 # The fused op's rows: its own choice, and its small-batch backward forced (the in-run baseline of the large-batch
 # path). The tile sweep's rows are "triton-large-batch@<TileShape>" (benchmarks before the rename say
 # "triton-scratch@...": the same path).
-TRITON_VARIANTS = {"triton": KernelSettings(), "triton-registers": KernelSettings(strategy="registers")}
+# "triton-per-level": the MRL rows' in-run baseline, the large-batch backward with one pass per level (the path
+# before the one-pass rebuild, benchmarks/gpu/h200-2026-11-27).
+TRITON_VARIANTS = {"triton": KernelSettings(), "triton-registers": KernelSettings(strategy="registers"),
+                   "triton-per-level": KernelSettings(segment_levels=False)}
 LARGE_BATCH_SWEEP = "triton-large-batch"
 
 
@@ -284,6 +288,8 @@ def _impls(device: str, regime: str, batch: int) -> list[str]:
     impls = (["reference"] if batch <= GPU_REFERENCE_MAX else []) + ["triton", "memeff"]
     if regime == "large":
         impls += ["inf-cl", "triton-registers"]
+    if regime == "mrl":
+        impls += ["triton-per-level"]
     # chunked in the mrl regime only where it takes seconds (2.3 s per call at 32,768 on an H200: 14 s a case)
     return impls + (["chunked"] if regime == "large" or batch <= GPU_REFERENCE_MAX else [])
 

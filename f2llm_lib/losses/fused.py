@@ -6,10 +6,12 @@ feature dim computes every level's dot products. The kernels walk d segment by s
 and running sums of squares hold the prefix norms. That level's logits are then ``acc * a_i * b_j / tau``.
 
 Kernels (4 launches per forward + backward; no atomics in backward, no fp32 gradient scratch):
-1. ``_in_batch_stats_kernel``: grid (query blocks, key splits). Per tile and level: online-softmax statistics of
-   the in-batch logits (row max, sum of exp, softmax-weighted sum of logits), merged over the split's key blocks
+1. ``_in_batch_stats_kernel``: grid (query blocks, key splits). Per tile and level: softmax statistics of the
+   in-batch logits (row max, sum of exp, softmax-weighted sum of logits), merged over the split's key blocks
    and written once per split. Splitting over keys as well as queries keeps a GPU busy with 16 local queries; the
-   number of splits is what fills the GPU (``KernelSettings.target_programs``), no more. No B x N tensor is
+   number of splits is what fills the GPU (``KernelSettings.target_programs``), no more. The maximum is fixed at
+   1 / tau (logits are cosines / tau) where exp(-2 / tau) is a normal fp32 number, which saves the online
+   rescaling of every level's state per tile; an online maximum otherwise. No B x N tensor is
    ever written.
 2. ``_row_loss_kernel``: one program per query. Combines the per-split statistics into a log-sum-exp per level,
    computes the positive's logit, the hard-negative softmax (positive + its k negatives) and the loss, and stores
@@ -83,8 +85,11 @@ def _in_batch_stats_kernel(
     PRENORM: tl.constexpr,  # read the prefix norms instead of summing squares in every tile (large-batch path)
     DIMS_DIV: tl.constexpr,  # a divisor of every prefix dim (tl.multiple_of: vectorised loads)
     IEEE: tl.constexpr,  # fp32 inputs: IEEE products, not TF32
+    FIXED_MAX: tl.constexpr,  # 1 / tau as every row's maximum (exp2, no rescaling): only where 2 / tau < 80
 ):
-    """One query block x one split of the keys: per level, online-softmax statistics merged in registers."""
+    """One query block x one split of the keys: per level, softmax statistics merged in registers, against the
+    fixed maximum 1 / tau (FIXED_MAX: every exp(logit - 1 / tau) >= exp(-2 / tau) stays a normal fp32 number) or an
+    online maximum."""
     query_block = tl.program_id(0)
     split = tl.program_id(1)
     if (query_block == 0) & (split == 0):
@@ -126,20 +131,27 @@ def _in_batch_stats_kernel(
             inv_key_norm = 1.0 / tl.maximum(key_norm, EPS)
             logits = tl.where(key_mask[None, :],
                               raw_dot * inv_query_norm[:, None] * inv_key_norm[None, :] * inv_temperature, 0.0)
-            tile_max = tl.max(tl.where(key_mask[None, :], logits, float("-inf")), axis=1)
-            probs = tl.where(key_mask[None, :], tl.exp(logits - tile_max[:, None]), 0.0)
             this_level = levels[None, :] == level
-            old_max = tl.sum(tl.where(this_level, run_max, 0.0), axis=1)
-            old_max = tl.where(key_block == first_block, float("-inf"), old_max)
-            new_max = tl.maximum(old_max, tile_max)
-            keep = tl.exp(old_max - new_max)
-            add = tl.exp(tile_max - new_max)
-            new_sum = tl.sum(tl.where(this_level, run_sum, 0.0), axis=1) * keep + tl.sum(probs, axis=1) * add
-            new_weighted = (tl.sum(tl.where(this_level, run_weighted, 0.0), axis=1) * keep
-                            + tl.sum(probs * logits, axis=1) * add)
-            run_max = tl.where(this_level, new_max[:, None], run_max)
-            run_sum = tl.where(this_level, new_sum[:, None], run_sum)
-            run_weighted = tl.where(this_level, new_weighted[:, None], run_weighted)
+            if FIXED_MAX:  # logits are cosines / tau, at most 1 / tau: that bound is the maximum, no rescaling
+                probs = tl.where(key_mask[None, :], tl.exp2((logits - inv_temperature) * 1.4426950408889634), 0.0)
+                run_sum += tl.where(this_level, tl.sum(probs, axis=1)[:, None], 0.0)
+                run_weighted += tl.where(this_level, tl.sum(probs * logits, axis=1)[:, None], 0.0)
+            else:
+                tile_max = tl.max(tl.where(key_mask[None, :], logits, float("-inf")), axis=1)
+                probs = tl.where(key_mask[None, :], tl.exp(logits - tile_max[:, None]), 0.0)
+                old_max = tl.sum(tl.where(this_level, run_max, 0.0), axis=1)
+                old_max = tl.where(key_block == first_block, float("-inf"), old_max)
+                new_max = tl.maximum(old_max, tile_max)
+                keep = tl.exp(old_max - new_max)
+                add = tl.exp(tile_max - new_max)
+                new_sum = tl.sum(tl.where(this_level, run_sum, 0.0), axis=1) * keep + tl.sum(probs, axis=1) * add
+                new_weighted = (tl.sum(tl.where(this_level, run_weighted, 0.0), axis=1) * keep
+                                + tl.sum(probs * logits, axis=1) * add)
+                run_max = tl.where(this_level, new_max[:, None], run_max)
+                run_sum = tl.where(this_level, new_sum[:, None], run_sum)
+                run_weighted = tl.where(this_level, new_weighted[:, None], run_weighted)
+    if FIXED_MAX:
+        run_max = tl.full((BLOCK_M, LEVELS_POW2), inv_temperature, dtype=tl.float32)
     offsets = (split * num_levels + levels[None, :]) * num_queries + query_rows[:, None]
     mask = query_mask[:, None] & (levels[None, :] < num_levels)
     tl.store(split_max_ptr + offsets, run_max, mask=mask)
@@ -306,7 +318,8 @@ def _query_grad_kernel(
     hard_delta_ptr,  # [L, B, KP] fp32
     query_beta_ptr,  # [L, B] fp32
     grad_output_ptr,  # [1] the incoming gradient of the loss
-    extra_ptr,  # [ROWS, D] fp32 precomputed in-batch gradient of these queries (read when HAS_EXTRA)
+    extra_ptr,  # fp32 precomputed in-batch gradient of these queries (read when HAS_EXTRA): [ROWS, D], or
+    # segment-major when EXTRA_SEGMENTED (segment s a [ROWS, d_s - d_{s-1}] block at offset ROWS * d_{s-1})
     query_grad_ptr,  # [B, D] out: dL/dqueries, input dtype
     positive_grad_ptr,  # [B, D] out: dL/dpositives from the hard-negative loss (when HAS_HARD)
     hard_grad_ptr,  # [B, KH, D] out: dL/dhard negatives (when HAS_HARD)
@@ -322,6 +335,7 @@ def _query_grad_kernel(
     HAS_IN_BATCH: tl.constexpr,  # loop over all keys for the in-batch part
     HAS_HARD: tl.constexpr,  # the hard-negative terms and the candidates' gradients
     HAS_EXTRA: tl.constexpr,  # add extra_ptr (the large-batch path's in-batch part)
+    EXTRA_SEGMENTED: tl.constexpr,  # extra_ptr is segment-major (the one-pass MRL path)
     KP: tl.constexpr,  # KH + 1 rounded up to a power of two
     BLOCK_M: tl.constexpr,  # queries per program
     BLOCK_N: tl.constexpr,  # keys per tile
@@ -365,7 +379,22 @@ def _query_grad_kernel(
         beta += tl.where(covered, level_beta[:, None], 0.0)
     dq += beta * q_cols
     if HAS_EXTRA:
-        dq += tl.load(extra_ptr + (query_rows - row0)[:, None] * dim + out_cols[None, :], mask=out_mask, other=0.0)
+        if EXTRA_SEGMENTED:  # each column's segment: where its block starts and how wide it is
+            seg_start = tl.zeros((BLOCK_C,), dtype=tl.int32)
+            seg_width = tl.zeros((BLOCK_C,), dtype=tl.int32)
+            start = 0
+            for level in range(num_levels):
+                end = tl.load(dims_ptr + level)
+                inside = (out_cols >= start) & (out_cols < end)
+                seg_start = tl.where(inside, start, seg_start)
+                seg_width = tl.where(inside, end - start, seg_width)
+                start = end
+            offsets = (rows * seg_start[None, :] + (query_rows - row0)[:, None] * seg_width[None, :]
+                       + (out_cols - seg_start)[None, :])
+            dq += tl.load(extra_ptr + offsets, mask=out_mask & (out_cols[None, :] < start), other=0.0)
+        else:
+            dq += tl.load(extra_ptr + (query_rows - row0)[:, None] * dim + out_cols[None, :], mask=out_mask,
+                          other=0.0)
     if HAS_HARD:
         for c in range(num_hard + 1):
             positive = tl.load(positive_ptr + query_rows[:, None] * dim + out_cols[None, :],
@@ -546,8 +575,15 @@ def in_batch_stats(saved: SavedTensors, plan: LaunchPlan, loss: torch.Tensor) ->
         saved.queries, saved.keys, saved.query_norms, saved.key_norms, saved.dims, stats[0], stats[1], stats[2], loss,
         batch, plan.num_keys, dim, len(plan.dims), plan.inv_temperature, blocks_per_split,
         LEVELS_POW2=triton.next_power_of_2(len(plan.dims)), PRENORM=large, DIMS_DIV=plan.dims_div, IEEE=plan.ieee,
-        **blocks, **launch)
+        FIXED_MAX=fixed_maximum(plan.inv_temperature), **blocks, **launch)
     return stats, splits
+
+
+def fixed_maximum(inv_temperature: float) -> bool:
+    """Whether the forward may take 1 / tau as every row's maximum: logits lie in [-1 / tau, 1 / tau], so each
+    exp(logit - 1 / tau) is at least exp(-2 / tau), a normal fp32 number while 2 / tau < 80 (tau > 0.025; F2LLM's
+    0.05 gives exp(-40)). Below that an online maximum rescales instead."""
+    return 2.0 * inv_temperature < 80.0
 
 
 def row_losses(saved: SavedTensors, plan: LaunchPlan, stats: torch.Tensor, splits: int, loss: torch.Tensor) -> None:
@@ -562,9 +598,10 @@ def row_losses(saved: SavedTensors, plan: LaunchPlan, stats: torch.Tensor, split
 
 
 def query_grads(saved: SavedTensors, plan: LaunchPlan, grad_output: torch.Tensor, outputs: dict[str, torch.Tensor],
-                rows: tuple[int, int], extra: torch.Tensor | None) -> None:
+                rows: tuple[int, int], extra: torch.Tensor | None, extra_segmented: bool = False) -> None:
     """Launch ``_query_grad_kernel`` for the queries rows = (first, count): writes outputs["queries"] (and the
-    hard candidates'); loops over the keys itself unless ``extra`` holds their in-batch part already."""
+    hard candidates'); loops over the keys itself unless ``extra`` holds their in-batch part already (segment-major
+    when ``extra_segmented``)."""
     batch, dim = saved.queries.shape
     blocks, block_c = _register_blocks(batch, dim), _column_block(dim)
     row0, count = rows
@@ -575,7 +612,8 @@ def query_grads(saved: SavedTensors, plan: LaunchPlan, grad_output: torch.Tensor
         extra if extra is not None else dummy, outputs["queries"], outputs.get("positives", dummy),
         outputs.get("hard_negatives", dummy), batch, plan.num_keys, dim, len(plan.dims), plan.num_hard, row0, count,
         plan.inv_temperature, plan.inv_batch, HAS_IN_BATCH=plan.has_in_batch and extra is None,
-        HAS_HARD=plan.has_hard, HAS_EXTRA=extra is not None, KP=plan.candidates_pow2, BLOCK_C=block_c,
+        HAS_HARD=plan.has_hard, HAS_EXTRA=extra is not None, EXTRA_SEGMENTED=extra_segmented,
+        KP=plan.candidates_pow2, BLOCK_C=block_c,
         DIMS_DIV=plan.dims_div, IEEE=plan.ieee, num_warps=8 if block_c >= 256 else 4, **blocks)
 
 
@@ -649,9 +687,10 @@ def fused_backward(saved: SavedTensors, plan: LaunchPlan,
                       saved.key_norms)
         chunk_kwargs = {"inv_temperature": plan.inv_temperature, "inv_batch": plan.inv_batch,
                         "dims_div": plan.dims_div, "tiles": plan.settings.tiles,
-                        "scratch_bytes": plan.settings.scratch_bytes}
+                        "scratch_bytes": plan.settings.scratch_bytes, "segment_levels": plan.settings.segment_levels}
+        one_pass = fused_large_batch.segmented(saved.queries.dtype, plan.dims, plan.settings.segment_levels)
         for row0, rows, extra in fused_large_batch.query_grad_chunks(*chunk_args, **chunk_kwargs):
-            query_grads(saved, plan, grad_output, outputs, (row0, rows), extra)
+            query_grads(saved, plan, grad_output, outputs, (row0, rows), extra, extra_segmented=one_pass)
         key_grad = fused_large_batch.key_grads(*chunk_args, **chunk_kwargs, grad_output=grad_output)
     else:
         query_grads(saved, plan, grad_output, outputs, (0, saved.queries.shape[0]), None)

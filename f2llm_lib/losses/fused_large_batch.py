@@ -133,6 +133,146 @@ def _logit_grad_tile_kernel(
 
 
 @triton.jit
+def _segment_grad_tile_kernel(
+    query_ptr,  # [B, D] queries
+    key_ptr,  # [N, D] keys (gathered positives, then shared negatives)
+    query_norms_ptr,  # [L, B] fp32 prefix norms of the queries
+    key_norms_ptr,  # [L, N] fp32 prefix norms of the keys
+    labels_ptr,  # [B] int64: the key index of each query's positive
+    lse_ptr,  # [L, B] fp32: each query's in-batch log-sum-exp per level (from the forward)
+    dims_ptr,  # [L] int32 MRL prefix dims, increasing
+    level_scales_ptr,  # [L] fp32: each level's weight / B
+    slots_ptr,  # out, input dtype: [L, rows, cols] (query side) or [L, cols, rows] (key side), one slot per segment
+    norm_sums_ptr,  # [L, cols] fp32, added to atomically (key side): per level, sum_i G'_l[j, i] * raw_dot_l[i, j]
+    num_queries,  # B
+    num_keys,  # N
+    dim,  # D, the row stride
+    num_levels,  # L
+    row0,  # first query of the chunk
+    rows,  # queries in the chunk
+    col0,  # first key of the chunk
+    cols,  # keys in the chunk
+    inv_temperature,  # 1 / tau
+    TRANSPOSED: tl.constexpr,  # False: the query side's tiles; True: the key side's, transposed
+    BLOCK_M: tl.constexpr,  # queries per program
+    BLOCK_N: tl.constexpr,  # keys per program
+    BLOCK_D: tl.constexpr,  # feature columns per step of the dot product
+    DIMS_DIV: tl.constexpr,  # a divisor of every prefix dim (tl.multiple_of: vectorised loads)
+    IEEE: tl.constexpr,  # fp32 inputs: IEEE products, not TF32
+):
+    """Every level's logit gradient for one tile, from one walk along d, summed per prefix segment.
+
+    Segment s holds the columns [dims[s-1], dims[s]); the levels whose prefix contains it are s, s+1, ..., L-1, so
+    slot s receives H_s = sum_{l >= s} G_l, where G_l is level l's tile with both row factors folded in (query side:
+    (p - y) a_i b_j w_l / (B tau); key side the same, transposed). One GEMM per segment, H_s times that segment's
+    columns, then gives every level's gradient at once: the GEMMs together cost one full-width product.
+    The walk keeps the running sum R_l = sum_{l' <= l} G_l' in registers and stores -R_{s-1} into slot s as it
+    passes; at the end slot s becomes R_{L-1} - R_{s-1} = H_s. Key side: also sum_i G'_l[j, i] * raw_dot_l[i, j]
+    (= k_j . (G'_l Q)_j, what the key normalisation needs per level) into ``norm_sums``.
+    """
+    query_rows = row0 + tl.program_id(1 if TRANSPOSED else 0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    key_rows = col0 + tl.program_id(0 if TRANSPOSED else 1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    query_mask = query_rows < row0 + rows
+    key_mask = key_rows < col0 + cols
+    valid = query_mask[:, None] & key_mask[None, :]
+    labels = tl.load(labels_ptr + query_rows, mask=query_mask, other=-1)
+    is_label = (key_rows[None, :] == labels[:, None]).to(tl.float32)
+    if TRANSPOSED:
+        slot_offsets = (key_rows - col0)[None, :] * rows + (query_rows - row0)[:, None]
+        slot_size = cols * rows
+    else:
+        slot_offsets = (query_rows - row0)[:, None] * cols + (key_rows - col0)[None, :]
+        slot_size = rows * cols
+    raw_dot = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    running = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    start = 0
+    for level in range(num_levels):
+        end = tl.multiple_of(tl.load(dims_ptr + level), DIMS_DIV)
+        for d0 in range(start, end, BLOCK_D):
+            q, k = load_pair(query_ptr, key_ptr, query_rows, key_rows, query_mask, key_mask, d0, end, dim, BLOCK_D)
+            raw_dot = dot(q, tl.trans(k), raw_dot, IEEE)
+        start = end
+        query_norm = tl.load(query_norms_ptr + level * num_queries + query_rows, mask=query_mask, other=1.0)
+        key_norm = tl.load(key_norms_ptr + level * num_keys + key_rows, mask=key_mask, other=1.0)
+        inv_query_norm = 1.0 / tl.maximum(query_norm, EPS)
+        inv_key_norm = 1.0 / tl.maximum(key_norm, EPS)
+        logits = raw_dot * inv_query_norm[:, None] * inv_key_norm[None, :] * inv_temperature
+        lse = tl.load(lse_ptr + level * num_queries + query_rows, mask=query_mask, other=0.0)
+        grad = tl.where(valid, tl.exp(logits - lse[:, None]) - is_label, 0.0)
+        query_factor = tl.where(query_norm >= EPS, inv_query_norm, 0.0)  # a zero vector gets no gradient
+        key_factor = tl.where(key_norm >= EPS, inv_key_norm, 0.0)
+        scale = tl.load(level_scales_ptr + level) * inv_temperature
+        grad = grad * (query_factor * scale)[:, None] * key_factor[None, :]
+        running += grad
+        if TRANSPOSED:
+            tl.atomic_add(norm_sums_ptr + level * cols + (key_rows - col0), tl.sum(grad * raw_dot, axis=0),
+                          mask=key_mask)
+        if level + 1 < num_levels:
+            tl.store(slots_ptr + (level + 1) * slot_size + slot_offsets,
+                     (-running).to(slots_ptr.dtype.element_ty), mask=valid)
+    tl.store(slots_ptr + slot_offsets, running.to(slots_ptr.dtype.element_ty), mask=valid)
+    tl.debug_barrier()  # the loads below read what this program's other threads may have stored
+    for level in range(1, num_levels):
+        ptrs = slots_ptr + level * slot_size + slot_offsets
+        earlier = tl.load(ptrs, mask=valid, other=0.0).to(tl.float32)
+        tl.store(ptrs, (running + earlier).to(slots_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _key_segment_epilogue_kernel(
+    unit_grad_ptr,  # fp32, segment-major: segment s is a [cols, dims[s] - dims[s-1]] block at offset cols * dims[s-1]
+    key_ptr,  # [N, D] keys
+    key_norms_ptr,  # [L, N] fp32 prefix norms of the keys
+    norm_sums_ptr,  # [L, cols] fp32: per level, k_j . (G'_l Q)_j (the segment tile kernel's sums)
+    dims_ptr,  # [L] int32 MRL prefix dims, increasing
+    out_ptr,  # [N, D] out, input dtype: dL/dkeys
+    grad_output_ptr,  # [1] the incoming gradient of the loss
+    col0,  # first key of the chunk
+    cols,  # keys in the chunk
+    num_keys,  # N
+    dim,  # D
+    num_levels,  # L
+    BLOCK_R: tl.constexpr,  # keys per program
+    BLOCK_D: tl.constexpr,  # feature columns per step
+):
+    """Key gradients of BLOCK_R keys of a chunk, every level at once: in segment s, U_s[j] minus k_j times
+    sum_{l >= s} b_l^2 (k_j . U_l[j]) (each level's key-normalisation term, on the columns its prefix covers);
+    zero past the last prefix."""
+    chunk_rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = chunk_rows < cols
+    key_rows = col0 + chunk_rows
+    along = tl.zeros((BLOCK_R,), dtype=tl.float32)  # sum over the levels l >= s of b_l^2 (k_j . U_l[j])
+    for level in range(num_levels):
+        key_norm = tl.load(key_norms_ptr + level * num_keys + key_rows, mask=row_mask, other=1.0)
+        key_factor = tl.where(key_norm >= EPS, 1.0 / tl.maximum(key_norm, EPS), 0.0)
+        along += key_factor * key_factor * tl.load(norm_sums_ptr + level * cols + chunk_rows, mask=row_mask,
+                                                   other=0.0)
+    grad_output = tl.load(grad_output_ptr).to(tl.float32)
+    start = 0
+    for level in range(num_levels):
+        end = tl.load(dims_ptr + level)
+        width = end - start
+        for d0 in range(start, end, BLOCK_D):
+            cols_d = d0 + tl.arange(0, BLOCK_D)
+            mask = row_mask[:, None] & (cols_d[None, :] < end)
+            u = tl.load(unit_grad_ptr + cols * start + chunk_rows[:, None] * width + (cols_d - start)[None, :],
+                        mask=mask, other=0.0)
+            k = tl.load(key_ptr + key_rows[:, None] * dim + cols_d[None, :], mask=mask, other=0.0).to(tl.float32)
+            tl.store(out_ptr + key_rows[:, None] * dim + cols_d[None, :],
+                     ((u - k * along[:, None]) * grad_output).to(out_ptr.dtype.element_ty), mask=mask)
+        key_norm = tl.load(key_norms_ptr + level * num_keys + key_rows, mask=row_mask, other=1.0)
+        key_factor = tl.where(key_norm >= EPS, 1.0 / tl.maximum(key_norm, EPS), 0.0)
+        along -= key_factor * key_factor * tl.load(norm_sums_ptr + level * cols + chunk_rows, mask=row_mask,
+                                                   other=0.0)
+        start = end
+    for d0 in range(start, dim, BLOCK_D):  # past the last prefix no level reaches: no in-batch gradient
+        cols_d = d0 + tl.arange(0, BLOCK_D)
+        mask = row_mask[:, None] & (cols_d[None, :] < dim)
+        tl.store(out_ptr + key_rows[:, None] * dim + cols_d[None, :],
+                 tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _key_epilogue_kernel(
     unit_grad_ptr,  # [cols, end] fp32: G'^T Q for this chunk and level, already times b_j w / B
     key_ptr,  # [N, D] keys
@@ -234,6 +374,35 @@ def logit_grad_tiles(q: torch.Tensor, keys: torch.Tensor, q_norms: torch.Tensor,
         FOLD=folds(q.dtype), num_warps=tiles.num_warps, num_stages=tiles.num_stages)
 
 
+def segment_grad_tiles(q: torch.Tensor, keys: torch.Tensor, q_norms: torch.Tensor, k_norms: torch.Tensor,
+                       labels: torch.Tensor, lse: torch.Tensor, dims_t: torch.Tensor, level_scales: torch.Tensor,
+                       slots: torch.Tensor, norm_sums: torch.Tensor | None, *, rows: tuple[int, int],
+                       cols: tuple[int, int], inv_temperature: float, transposed: bool, dims_div: int,
+                       tiles: TileShape) -> None:
+    """Fill ``slots`` [L, ...] with the per-segment sums of every level's logit gradients for queries rows = (first,
+    count) x keys cols = (first, count), in one launch; the key side (``transposed``) also adds each level's
+    normalisation sums into ``norm_sums`` [L, count_k]."""
+    (row0, num_rows), (col0, num_cols) = rows, cols
+    grid = (triton.cdiv(num_rows, tiles.block_m), triton.cdiv(num_cols, tiles.block_n))
+    _segment_grad_tile_kernel[grid[::-1] if transposed else grid](
+        q, keys, q_norms, k_norms, labels, lse, dims_t, level_scales, slots,
+        norm_sums if norm_sums is not None else lse, q.shape[0], keys.shape[0], q.shape[1], dims_t.shape[0], row0,
+        num_rows, col0, num_cols, inv_temperature, TRANSPOSED=transposed, BLOCK_M=tiles.block_m,
+        BLOCK_N=tiles.block_n, BLOCK_D=grad_block_d(q.dtype), DIMS_DIV=dims_div, IEEE=q.dtype == torch.float32,
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+
+
+def segments(dims: Sequence[int]) -> list[tuple[int, int]]:
+    """[(start, end)] of each prefix segment: [0, d_1), [d_1, d_2), ..., [d_{L-1}, d_L)."""
+    return list(zip((0, *dims[:-1]), dims, strict=True))
+
+
+def segmented(dtype: torch.dtype, dims: Sequence[int], settings_allow: bool = True) -> bool:
+    """Whether the backward takes the one-pass path for MRL levels: several levels, the factors folded into the
+    tiles (bf16 and fp32; fp16 applies them per level after the GEMM, so its levels cannot be summed first)."""
+    return settings_allow and len(dims) > 1 and folds(dtype)
+
+
 def _product_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool) -> None:
     """out (fp32) = or += a @ b, in one GEMM whatever a's dtype: cuBLAS takes bf16/fp16 operands with an fp32
     output; the CPU (tests: fp32 only on this path) multiplies in fp32."""
@@ -255,6 +424,8 @@ def _product_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulat
 def _fp32_output_gemm() -> bool:
     """Whether this torch has cuBLAS GEMMs with 16-bit operands and an fp32 output (``out_dtype``, torch >= 2.8);
     without it the product is rounded to the input dtype once, then added in fp32."""
+    if not torch.cuda.is_available():  # a CPU build raises AssertionError on any CUDA tensor
+        return False
     try:
         a = torch.ones(2, 2, dtype=torch.bfloat16, device="cuda")
         return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
@@ -278,9 +449,16 @@ def _chunks(total: int, other: int, like: torch.Tensor, block: int, scratch_byte
 def query_grad_chunks(q: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, dims: Sequence[int],
                       weights: Sequence[float], lse: torch.Tensor, q_norms: torch.Tensor, k_norms: torch.Tensor, *,
                       inv_temperature: float, inv_batch: float, dims_div: int, tiles: TileShape,
-                      scratch_bytes: int) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield (first row, rows, fp32 [rows, d] in-batch gradient of those queries, before the incoming grad)."""
+                      scratch_bytes: int, segment_levels: bool = True) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield (first row, rows, fp32 in-batch gradient of those queries before the incoming grad): [rows, d], or with
+    several MRL levels on the one-pass path (``segmented``) the segment-major buffer (segment s a contiguous
+    [rows, d_s - d_{s-1}] block at offset rows * d_{s-1}; nothing past the last prefix)."""
     batch, num_keys = q.shape[0], keys.shape[0]
+    if segmented(q.dtype, dims, segment_levels):
+        yield from _query_grad_segments(q, keys, labels, dims, weights, lse, q_norms, k_norms,
+                                        inv_temperature=inv_temperature, inv_batch=inv_batch, dims_div=dims_div,
+                                        tiles=tiles, scratch_bytes=scratch_bytes)
+        return
     fold = folds(q.dtype)
     factors = None if fold else _gradient_factor(q_norms)
     for row0, rows, scratch, acc in _chunks(batch, num_keys, q, tiles.block_m, scratch_bytes, zero=len(dims) > 1):
@@ -296,11 +474,77 @@ def query_grad_chunks(q: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor,
         yield row0, rows, acc[:rows]
 
 
+def _level_tensors(q: torch.Tensor, dims: Sequence[int], weights: Sequence[float],
+                   inv_batch: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prefix dims (int32) and each level's w / B (fp32) on the inputs' device, for the one-pass kernels."""
+    return (torch.tensor(list(dims), dtype=torch.int32, device=q.device),
+            torch.tensor([w * inv_batch for w in weights], dtype=torch.float32, device=q.device))
+
+
+def _query_grad_segments(q: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, dims: Sequence[int],
+                         weights: Sequence[float], lse: torch.Tensor, q_norms: torch.Tensor, k_norms: torch.Tensor,
+                         *, inv_temperature: float, inv_batch: float, dims_div: int, tiles: TileShape,
+                         scratch_bytes: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """The query side with every MRL level in one tile launch per chunk, then one GEMM per segment into its own
+    contiguous block of the accumulator (no strided prefix written, so no copy)."""
+    batch, num_keys = q.shape[0], keys.shape[0]
+    levels = len(dims)
+    dims_t, level_scales = _level_tensors(q, dims, weights, inv_batch)
+    step = chunk_size(num_keys * levels, q.element_size(), tiles.block_m, scratch_bytes)
+    slots_buffer = torch.empty(levels * min(step, batch) * num_keys, dtype=q.dtype, device=q.device)
+    accumulator = torch.empty(min(step, batch) * dims[-1], dtype=torch.float32, device=q.device)
+    for row0 in range(0, batch, step):
+        rows = min(step, batch - row0)
+        slots = slots_buffer[: levels * rows * num_keys].view(levels, rows, num_keys)
+        segment_grad_tiles(q, keys, q_norms, k_norms, labels, lse, dims_t, level_scales, slots, None,
+                           rows=(row0, rows), cols=(0, num_keys), inv_temperature=inv_temperature, transposed=False,
+                           dims_div=dims_div, tiles=tiles)
+        for level, (start, end) in enumerate(segments(dims)):
+            _product_into(accumulator[rows * start: rows * end].view(rows, end - start), slots[level],
+                          keys[:, start:end], accumulate=False)
+        yield row0, rows, accumulator[: rows * dims[-1]]
+
+
+def _key_grad_segments(q: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, dims: Sequence[int],
+                       weights: Sequence[float], lse: torch.Tensor, q_norms: torch.Tensor, k_norms: torch.Tensor, *,
+                       inv_temperature: float, inv_batch: float, dims_div: int, tiles: TileShape,
+                       scratch_bytes: int, grad_output: torch.Tensor) -> torch.Tensor:
+    """The key side with every MRL level in one tile launch per chunk (which also sums each level's normalisation
+    term), one GEMM per segment, one epilogue launch."""
+    batch, num_keys = q.shape[0], keys.shape[0]
+    levels = len(dims)
+    dims_t, level_scales = _level_tensors(q, dims, weights, inv_batch)
+    step = chunk_size(batch * levels, q.element_size(), tiles.block_n, scratch_bytes)
+    slots_buffer = torch.empty(levels * min(step, num_keys) * batch, dtype=q.dtype, device=q.device)
+    unit_grad = torch.empty(min(step, num_keys) * dims[-1], dtype=torch.float32, device=q.device)
+    sums_buffer = torch.empty(levels * min(step, num_keys), dtype=torch.float32, device=q.device)
+    out = torch.empty_like(keys)
+    for col0 in range(0, num_keys, step):
+        cols = min(step, num_keys - col0)
+        slots = slots_buffer[: levels * cols * batch].view(levels, cols, batch)
+        norm_sums = sums_buffer[: levels * cols].view(levels, cols).zero_()
+        segment_grad_tiles(q, keys, q_norms, k_norms, labels, lse, dims_t, level_scales, slots, norm_sums,
+                           rows=(0, batch), cols=(col0, cols), inv_temperature=inv_temperature, transposed=True,
+                           dims_div=dims_div, tiles=tiles)
+        for level, (start, end) in enumerate(segments(dims)):
+            _product_into(unit_grad[cols * start: cols * end].view(cols, end - start), slots[level],
+                          q[:, start:end], accumulate=False)
+        _key_segment_epilogue_kernel[(triton.cdiv(cols, EPILOGUE_ROWS),)](
+            unit_grad, keys, k_norms, norm_sums, dims_t, out, grad_output, col0, cols, num_keys, q.shape[1], levels,
+            BLOCK_R=EPILOGUE_ROWS, BLOCK_D=64)
+    return out
+
+
 def key_grads(q: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, dims: Sequence[int],
               weights: Sequence[float], lse: torch.Tensor, q_norms: torch.Tensor, k_norms: torch.Tensor, *,
               inv_temperature: float, inv_batch: float, dims_div: int, tiles: TileShape, scratch_bytes: int,
-              grad_output: torch.Tensor) -> torch.Tensor:
-    """dL/dkeys, chunk by chunk of keys; the key-normalisation term comes from the GEMM result itself."""
+              grad_output: torch.Tensor, segment_levels: bool = True) -> torch.Tensor:
+    """dL/dkeys, chunk by chunk of keys; the key-normalisation term comes from the GEMM result itself (one pass per
+    level) or from sums the tile kernel keeps (several levels on the one-pass path)."""
+    if segmented(q.dtype, dims, segment_levels):
+        return _key_grad_segments(q, keys, labels, dims, weights, lse, q_norms, k_norms,
+                                  inv_temperature=inv_temperature, inv_batch=inv_batch, dims_div=dims_div,
+                                  tiles=tiles, scratch_bytes=scratch_bytes, grad_output=grad_output)
     batch, num_keys = q.shape[0], keys.shape[0]
     out = torch.empty_like(keys)
     if folds(q.dtype):

@@ -67,6 +67,9 @@ class KernelSettings:
     tiles: the large-batch path's tile shape.
     target_programs: programs the forward grid aims for (a few per SM on an H100); tests lower it so that one
         program merges several key blocks.
+    segment_levels: with several MRL levels (bf16, fp32), the large-batch backward walks each tile once for all
+        levels and multiplies per prefix segment (one full-width GEMM's work in all); False keeps one pass and one
+        GEMM per level (the earlier path, which the GPU benchmark times beside it).
     """
 
     strategy: Strategy = "auto"
@@ -74,6 +77,7 @@ class KernelSettings:
     scratch_bytes: int = field(default=32 * 2**20, metadata=_POSITIVE)
     tiles: TileShape = field(default_factory=TileShape, metadata=example("e.g. TileShape.parse('128x64w4s3')"))
     target_programs: int = field(default=512, metadata=_POSITIVE)
+    segment_levels: bool = True
 
     def __post_init__(self) -> None:
         # a wrong type (e.g. a tile spec string) is a TypeError, a wrong value a ValueError
