@@ -15,7 +15,18 @@ Here the logits are recomputed once per side instead and their gradients go thro
 R and C are chosen so the scratch stays at ``KernelSettings.scratch_bytes`` (when one row of it fits), whatever B
 and N are: the extra memory is that scratch, one [R, d] fp32 accumulator and the per-row statistics.
 
-Layout: kernels, then launchers (``prefix_norms``, ``query_grad_chunks``, ``key_grads``); ``fused`` calls them.
+With several MRL levels (bf16, fp32; ``KernelSettings.segment_levels``) each side walks a tile once for all levels
+instead of once per level (``_segment_grad_tile_kernel``): the levels are prefixes, so the columns of segment
+[d_{s-1}, d_s) receive the gradients of levels s .. L-1, and one slot per segment holds H_s = sum_{l >= s} G_l.
+One GEMM per segment (H_s times that segment's columns) then costs one full-width product in all, against
+sum_l d_l / d of it per level (2.2x at 64/128/256/384). The key-normalisation term needs each level's
+k_j . (G'_l Q)_j, which no segment GEMM holds any more: the tile kernel sums G'_l * raw_dot_l per key instead.
+The L slots share the scratch, so chunks are L times smaller (at least one tile: 64 MiB at 65,536 keys and four
+levels); ``python -m f2llm_lib.bench.kernels --count-launches 65536`` counts 6,148 launches against the per-level
+path's 5,380 (``--per-level``): fewer, fuller tile kernels, more and smaller GEMMs.
+
+Layout: kernels, then launchers (``prefix_norms``, ``logit_grad_tiles``, ``segment_grad_tiles``,
+``query_grad_chunks``, ``key_grads``); ``fused`` calls them.
 """
 
 from __future__ import annotations
