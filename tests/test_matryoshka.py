@@ -63,3 +63,14 @@ def test_every_dimension_from_one_pass_each_under_its_own_name(tmp_path):
     reported = next(r["score"] for r in rows if r["dim"] == 8 and r["task"] == retrieval.metadata.name)
     assert abs(mean - reported) < 0.01
     assert distinct_inputs >= len(split["queries"]["id"]) + len(split["corpus"]["id"])
+
+
+def test_a_model_that_keeps_its_embeddings_is_not_run_again(tmp_path):
+    tasks = [t for t in pycode_tasks(max_queries=20) if t.metadata.type == "Retrieval"]
+    full = f2llm_model("tiny-qwen3", "kept", max_length=32, cache_embeddings=True)
+    evaluate({"kept": full}, tasks, tmp_path / "main", show_progress=False)
+    embedded = []
+    encode = full.model.encode
+    full.model.encode = lambda texts, **kwargs: embedded.extend(texts) or encode(texts, **kwargs)
+    rows = dimension_scores(full, [8, 16], tasks, tmp_path / "widths", label="kept")
+    assert embedded == [] and len(rows) == 2

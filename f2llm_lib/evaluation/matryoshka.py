@@ -72,20 +72,18 @@ class PrefixMtebModel(AbsEncoder):
                **kwargs) -> np.ndarray:
         texts = self.full.input_texts([text for batch in inputs for text in batch["text"]], task_metadata,
                                       prompt_type)
-        missing = [text for text in dict.fromkeys(texts) if text not in self.cache]
-        if missing:
-            embedded = self.full.model.encode(missing, batch_size=self.full.batch_size)
-            self.cache.update(zip(missing, embedded, strict=True))
-        return truncate_embeddings(np.stack([self.cache[text] for text in texts]), self.dim)
+        return truncate_embeddings(self.full.cached_embeddings(texts, self.cache), self.dim)
 
 
 def dimension_scores(full: F2LLMMtebModel, dims: list[int], tasks: list, cache_dir: str | Path,
                      label: str = "finetuned", show_progress: bool = False) -> list[dict]:
     """Rows (model, dim, task, type, main_score, score x 100) for each dimension in ``dims`` and each task, from one
-    encoding pass: the backbone embeds each distinct input once, every dimension reuses it."""
+    encoding pass: the backbone embeds each distinct input once, every dimension reuses it (none at all when
+    ``full`` was made with ``cache_embeddings=True`` and has been evaluated on these tasks)."""
     from .run import evaluate
 
-    cache: dict[str, np.ndarray] = {}
+    # the full model's own cache when it keeps one (its main evaluation then embedded every text already)
+    cache: dict[str, np.ndarray] = full.embedding_cache if full.embedding_cache is not None else {}
     rows = []
     for dim in sorted(set(dims)):
         for row in evaluate({label: PrefixMtebModel(full, dim, cache)}, tasks, cache_dir,

@@ -47,9 +47,13 @@ def weights_revision(model: torch.nn.Module) -> str:
 class F2LLMMtebModel(AbsEncoder):
     """F2LLM's registered prompts for MTEB tasks, our rule for the others; EOS pooling."""
 
-    def __init__(self, encoder: F2LLMEncoder, name: str, batch_size: int = 32, revision: str | None = None) -> None:
+    def __init__(self, encoder: F2LLMEncoder, name: str, batch_size: int = 32, revision: str | None = None,
+                 cache_embeddings: bool = False) -> None:
         self.model = encoder
         self.batch_size = batch_size
+        # embeddings by exact input string, kept when asked: later passes over the same texts (the scores at each
+        # Matryoshka width, ``matryoshka.dimension_scores``) then run no forward pass
+        self.embedding_cache: dict[str, np.ndarray] | None = {} if cache_embeddings else None
         self.instruction_template = REGISTERED_SETTINGS["instruction_template"]
         self.prompts_dict = dict(REGISTERED_SETTINGS["prompts_dict"])
         self.apply_instruction_to_passages = REGISTERED_SETTINGS.get("apply_instruction_to_passages", True)
@@ -90,5 +94,16 @@ class F2LLMMtebModel(AbsEncoder):
 
     def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type: PromptType | None = None,
                **kwargs) -> np.ndarray:
-        texts = [text for batch in inputs for text in batch["text"]]
-        return self.model.encode(self.input_texts(texts, task_metadata, prompt_type), batch_size=self.batch_size)
+        texts = self.input_texts([text for batch in inputs for text in batch["text"]], task_metadata, prompt_type)
+        if self.embedding_cache is None:
+            return self.model.encode(texts, batch_size=self.batch_size)
+        return self.cached_embeddings(texts)
+
+    def cached_embeddings(self, texts: list[str], cache: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """[len(texts), d] full embeddings of these exact input strings, each embedded once into ``cache`` (the
+        model's own when None)."""
+        cache = self.embedding_cache if cache is None else cache
+        missing = [text for text in dict.fromkeys(texts) if text not in cache]
+        if missing:
+            cache.update(zip(missing, self.model.encode(missing, batch_size=self.batch_size), strict=True))
+        return np.stack([cache[text] for text in texts])

@@ -22,10 +22,13 @@ logging.getLogger("mteb").setLevel(logging.ERROR)
 
 
 def f2llm_model(spec: str, label: str, num_layers: int | None = None, max_length: int = 256,
-                batch_size: int = 32) -> F2LLMMtebModel:
-    """Any backbone spec or checkpoint folder as an mteb model named ``f2llm-local/<label>`` (revision = weights)."""
+                batch_size: int = 32, cache_embeddings: bool = False) -> F2LLMMtebModel:
+    """Any backbone spec or checkpoint folder as an mteb model named ``f2llm-local/<label>`` (revision = weights);
+    ``cache_embeddings`` keeps every embedding it computes (for scoring the same texts again, e.g. at each MRL
+    width)."""
     model, tokenizer = load_backbone(spec, num_layers=num_layers)
-    return F2LLMMtebModel(F2LLMEncoder(model, tokenizer, max_length=max_length), label, batch_size=batch_size)
+    return F2LLMMtebModel(F2LLMEncoder(model, tokenizer, max_length=max_length), label, batch_size=batch_size,
+                          cache_embeddings=cache_embeddings)
 
 
 def bm25_model():
