@@ -29,16 +29,16 @@ def _fixture(count: int = 120) -> tuple[list[str], list[str]]:
     return queries, positives
 
 
-@pytest.mark.parametrize("settings", [
-    {"range_min": 5, "range_max": 100, "max_score": 0.8, "relative_margin": 0.05, "num_negatives": 7},  # F2LLM's
-    {"range_min": 2, "range_max": 30, "max_score": 0.6, "relative_margin": 0.2, "num_negatives": 4},
+@pytest.mark.parametrize(("settings", "count"), [
+    ({"range_min": 5, "range_max": 100, "max_score": 0.8, "relative_margin": 0.05, "num_negatives": 7}, 120),  # F2LLM
+    ({"range_min": 2, "range_max": 30, "max_score": 0.6, "relative_margin": 0.2, "num_negatives": 4}, 60),
 ])
-def test_ours_equals_sentence_transformers_mine_hard_negatives(settings):
+def test_ours_equals_sentence_transformers_mine_hard_negatives(settings, count):
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives as st_mine
 
     folder = str(Path(next(iter(MINILM.submodule_search_locations))) / "model")
-    queries, positives = _fixture()
+    queries, positives = _fixture(count)  # a corpus larger than range_max
     scorer = make_scorer(f"st:{folder}")
     ours, _ = mine_hard_negatives(queries, positives, positives, scorer,
                                   MiningConfig(**settings, on_shortfall="drop", batch_size=32), show_progress=False)

@@ -137,6 +137,9 @@ def cpu_section() -> str:
             lines.append(f"| {row['model']} ({row['layers']} layers) | {row['trainer']} | "
                          f"{float(row['tokens_per_second']):,.0f} | {float(row['step_ms']):,.0f} | "
                          f"{float(row['padding_fraction']):.1%} |{seen} {row['speed_vs_sentence_transformers']}x |")
+    largest = TRAIN_CPU.parent / "largest_batch.csv"
+    if largest.exists():
+        lines += ["", *largest_batch_lines(_rows(largest))]
     fits = json.loads((SCALE_CPU / "scale_fit.json").read_text()) if (SCALE_CPU / "scale_fit.json").exists() \
         else {}
     if (SCALE_CPU / "scale.csv").exists():
@@ -154,6 +157,33 @@ def cpu_section() -> str:
     if (SCALE_CPU / "curation.csv").exists():
         lines += ["", *curation_lines(_rows(SCALE_CPU / "curation.csv"), fits)]
     return "\n".join(lines)
+
+
+def largest_batch_lines(rows: list[dict]) -> list[str]:
+    """The gradient-caching benchmark: per batch tried, the peak memory without and with the cache."""
+    first = rows[0]
+    cached = {int(r["batch"]): r for r in rows if r["grad_cache"] == "True"}
+    plain = {int(r["batch"]): r for r in rows if r["grad_cache"] == "False"}
+    budget = float(first["budget_mb"])
+
+    def peak(table: dict, batch: int) -> str:
+        row = table.get(batch)
+        return "-" if row is None else f"{float(row['peak_mb']):,.0f}" + ("" if row["fits"] == "True" else " (over)")
+
+    def largest(table: dict) -> str:
+        fitting = [b for b, r in table.items() if r["fits"] == "True"]
+        capped = fitting and max(fitting) == max(table)
+        return f"{max(fitting)}" + (" or more (the search's last)" if capped else "") if fitting else "none"
+
+    lines = [f"One device, F2LLM-style batches (`f2llm bench train --largest-batch {budget:.0f}`, {first['model']} "
+             f"({first['layers']} layers), {first['device']}, {first['precision']}, (2 + {first['negatives']}) texts "
+             f"per query, max length {first['max_length']}, cache pieces of {first['grad_cache_chunk']} texts; peak "
+             f"memory of a two-step run in MB, budget {budget:,.0f} MB): the largest batch that fits is "
+             f"{largest(plain)} queries without gradient caching and {largest(cached)} with it.", "",
+             "| queries per step | peak MB, plain | peak MB, gradient caching |", "|---|---|---|"]
+    for batch in sorted(set(plain) | set(cached)):
+        lines.append(f"| {batch} | {peak(plain, batch)} | {peak(cached, batch)} |")
+    return lines
 
 
 def curation_lines(rows: list[dict], fits: dict) -> list[str]:

@@ -13,6 +13,12 @@ allocated. ``--zero2`` adds our trainer under ``accelerate launch`` with DeepSpe
 config in ``ci/accelerate/``). ``--models`` takes ``spec:layers`` (0 = all layers); a spec is anything
 ``load_backbone`` takes, and data are tokenized with that backbone's own tokenizer. ``--save-tuples`` /
 ``--tuples`` move the curated tuples to a machine that lacks the curation's inputs. Writes CSV and JSON.
+
+``--largest-batch MB`` measures instead how far gradient caching (``grad_cache: true``) stretches one device: the
+peak memory of a two-step run (fresh process each) at 4, 8, 16, ... queries per step, without and with the cache,
+up to the largest power of two that fits MB (``largest_batch.csv``; ``search_capped`` when even ``--search-max``
+fit). A GPU gives the number that matters (F2LLM's 512 queries x 8 texts on one device); the CPU run checks the
+mechanism: the cached run's peak grows with the loss inputs, not with the activations of the batch.
 """
 
 from __future__ import annotations
@@ -168,6 +174,53 @@ def assert_like_for_like(runs: list[tuple[str, dict]], args: argparse.Namespace)
                            f"{args.max_length} tokens and {expected_texts} texts per step on every side")
 
 
+def peak_memory_of_training(config: dict, device: str) -> float:
+    """Peak memory (MB) of a training run in a fresh process: CPU peak RSS, or CUDA peak allocated memory."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        handle.write(yaml.safe_dump(config))
+    try:
+        result = subprocess.run([sys.executable, "-m", "f2llm_lib.bench.train", "--peak-of", handle.name,
+                                 "--device", device], capture_output=True, text=True, check=False)
+    finally:
+        Path(handle.name).unlink()
+    if result.returncode != 0:
+        raise RuntimeError("training run failed:\n" + "\n".join((result.stdout + result.stderr).splitlines()[-25:]))
+    return float(json.loads(result.stdout.strip().splitlines()[-1])["peak_mb"])
+
+
+def _peak_of(config_path: Path, device: str) -> int:
+    """The subprocess side of :func:`peak_memory_of_training`: train, print {"peak_mb": ...}."""
+    import resource
+
+    train(TrainConfig.from_dict(yaml.safe_load(config_path.read_text())), export=False)
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:  # ru_maxrss is KiB on Linux, bytes on macOS
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    print(json.dumps({"peak_mb": round(peak, 1)}))
+    return 0
+
+
+def largest_batches(model: str, layers: int, data_dir: Path, work: Path, args: argparse.Namespace) -> list[dict]:
+    """For training without and with gradient caching: the peak memory of a two-step run at batch 2^k queries
+    (k = 2, 3, ...) until it exceeds ``--largest-batch`` MB or reaches ``--search-max``; rows of every trial."""
+    rows = []
+    for grad_cache in (False, True):
+        batch = args.search_start
+        while batch <= args.search_max:
+            config = {**_config(model, layers, data_dir, work / f"gc{int(grad_cache)}-b{batch}", args),
+                      "per_device_batch": batch, "max_steps": 2, "grad_cache": grad_cache,
+                      "grad_cache_chunk": args.grad_cache_chunk}
+            peak = peak_memory_of_training(config, args.device)
+            rows.append({"grad_cache": grad_cache, "batch": batch, "peak_mb": peak,
+                         "fits": peak <= args.largest_batch})
+            print(json.dumps(rows[-1]), flush=True)
+            if peak > args.largest_batch:
+                break
+            batch *= 2
+    return rows
+
+
 def curate_tuples(count: int) -> list[TrainingTuple]:
     """``count`` pycode retrieval tuples (BM25-mined negatives), the benchmark's data."""
     from ..data.pipeline import curate
@@ -207,11 +260,22 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--zero2", action="store_true", help="also our trainer under DeepSpeed ZeRO-2 (one process)")
     parser.add_argument("--tuples", type=Path, help="JSON lines of tuples (from --save-tuples) instead of curating")
     parser.add_argument("--save-tuples", type=Path, help="curate the tuples, write them here, and stop")
+    parser.add_argument("--largest-batch", type=float, metavar="MB",
+                        help="instead: the largest batch (a power of two) whose training fits MB of memory (CPU "
+                             "peak RSS, CUDA peak allocated), without and with gradient caching")
+    parser.add_argument("--search-start", type=int, default=4, help="with --largest-batch: the first batch tried")
+    parser.add_argument("--search-max", type=int, default=256, help="with --largest-batch: the last batch tried")
+    parser.add_argument("--grad-cache-chunk", type=int, default=64, help="with --largest-batch: texts per piece")
+    parser.add_argument("--peak-of", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.peak_of:
+        return _peak_of(args.peak_of, args.device)
     models = _parse_models(args.models)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is visible")
     torch.manual_seed(0)
+    if args.largest_batch:
+        return _largest_batch_main(args, models)
     count = args.batch * (args.steps + 2)
     tuples = _read_tuples(args.tuples) if args.tuples else curate_tuples(count)
     if args.save_tuples:
@@ -250,6 +314,43 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     atomic_write_text(args.out / "train_benchmark.json", json.dumps(rows, indent=2))
     print(f"wrote {args.out / 'train_benchmark.csv'}")
     return 0
+
+
+def _largest_batch_main(args: argparse.Namespace, models: list[tuple[str, int]]) -> int:
+    count = args.search_max * 3  # two steps of the largest batch, with room for the loader's drops
+    tuples = _read_tuples(args.tuples) if args.tuples else curate_tuples(count)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for model, layers in models:
+            data_dir = work / f"data-{Path(model).name}-{layers}"
+            write_training_files({"pycode_retrieval": tuples}, load_tokenizer(model), data_dir, args.max_length)
+            for trial in largest_batches(model, layers, data_dir, work, args):
+                rows.append({"model": Path(model).name if Path(model).exists() else model, "layers": layers or "all",
+                             "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+                             "precision": args.precision, "negatives": args.negatives,
+                             "max_length": args.max_length, "budget_mb": args.largest_batch,
+                             "grad_cache_chunk": args.grad_cache_chunk, **trial})
+    summary = []
+    for (model, layers, grad_cache), trials in _group(rows).items():
+        fitting = [r["batch"] for r in trials if r["fits"]]
+        summary.append({"model": model, "layers": layers, "grad_cache": grad_cache, "budget_mb": args.largest_batch,
+                        "largest_batch": max(fitting) if fitting else 0,
+                        "search_capped": all(r["fits"] for r in trials)})
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_csv(args.out / "largest_batch.csv", rows, list(rows[0]))
+    atomic_write_text(args.out / "largest_batch.json", json.dumps({"trials": rows, "summary": summary}, indent=2))
+    for row in summary:
+        print(json.dumps(row))
+    print(f"wrote {args.out / 'largest_batch.csv'}")
+    return 0
+
+
+def _group(rows: list[dict]) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["layers"], row["grad_cache"]), []).append(row)
+    return groups
 
 
 if __name__ == "__main__":
