@@ -82,6 +82,7 @@ gpu-inputs: $(STAMP)
 	  -w .whl $(DEEPSPEED)
 	$(PY) -m f2llm_lib.embedder.backbones architecture smollm2-135m .gpu/smollm2-135m-arch
 	$(PY) -m f2llm_lib.bench.train --batch 16 --steps 12 --save-tuples .gpu/pycode_retrieval.jsonl
+	$(PY) -m f2llm_lib.bench.train --batch 512 --steps 1 --save-tuples .gpu/pycode_retrieval_large.jsonl
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -6,7 +6,9 @@
 #      8k-64k at d = 1024 vs memeff / Inf-CL / chunked, the mrl regime vs memeff's fused Matryoshka, tile sweep;
 #   3. the GPU tests (gpu_tests.log): fp32 and bf16, both strategies, the baselines computing our loss;
 #   4. the trainer benchmark (train_benchmark.csv): SmolLM2-135M's architecture, all 30 layers, bf16, one process:
-#      ours, ours under DeepSpeed ZeRO-2, sentence-transformers.
+#      ours, ours under DeepSpeed ZeRO-2, sentence-transformers;
+#   5. only when asked (GPU_CHECK_PARTS=...,largest; about 4 more minutes): the largest batch that fits the GPU
+#      without and with gradient caching (largest_batch.csv; F2LLM's 512 queries x 9 texts at 256 tokens).
 #   bash ci/gpu_check.sh [out_dir]    (on a machine without network, run `make gpu-inputs` here first)
 # Works with the project's .venv or with a machine's own torch + triton (PYTHONPATH=. is set here).
 set -uo pipefail
@@ -59,6 +61,16 @@ elif [ -f "$arch/config.json" ] && [ -f .gpu/pycode_retrieval.jsonl ]; then
     && mv "$out/train/train_benchmark.csv" "$out/" && rm -rf "$out/train" || status=1
 else
   echo "no .gpu/ inputs (make gpu-inputs): trainer benchmark skipped"; status=1
+fi
+if [[ $parts == *,largest,* ]] && [ -f "$arch/config.json" ] && [ -f .gpu/pycode_retrieval_large.jsonl ]; then
+  stamp "largest batch with and without gradient caching"
+  model=$(mktemp -d)/smollm2-135m-arch
+  cp -r "$arch" "$model" && $py -m f2llm_lib.embedder.backbones random-init "$model" >/dev/null
+  budget=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1)
+  timeout 300 $py -m f2llm_lib.bench.train --device cuda --models "$model:0" --precision bf16 --negatives 7 \
+    --max-length 256 --largest-batch "$budget" --search-start 64 --search-max 512 \
+    --tuples .gpu/pycode_retrieval_large.jsonl --out "$out/largest" \
+    && mv "$out/largest/largest_batch."* "$out/" && rm -rf "$out/largest" || status=1
 fi
 stamp "gpu_check finished with status $status; results in $out"
 return $status

@@ -101,3 +101,23 @@ def _run_in_batch(loss_fn, base, dtype):
     loss = loss_fn(q, k)
     loss.backward()
     return loss.detach().double(), [q.grad, k.grad]
+
+
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one-pass", "per-level"])
+def test_one_pass_mrl_backward_in_bf16_on_gpu(one_pass):
+    """The benchmark's mrl regime (d = 384, levels 64/128/256/384) in bf16, the one-pass MRL backward and the
+    per-level one, each no worse than PyTorch's own bf16 against float64; 1 MB of scratch, so many chunks."""
+    gen = torch.Generator().manual_seed(3)
+    base = [torch.randn(2048, 384, generator=gen).to(torch.bfloat16).double() for _ in range(2)]
+    dims = [64, 128, 256, 384]
+    settings = KernelSettings(strategy="large_batch", scratch_bytes=2**20, segment_levels=one_pass)
+    truth, truth_grads = _run_in_batch(lambda q, k: contrastive_loss(q, k, mrl_dims=dims, impl="reference"), base,
+                                       torch.float64)
+    theirs, their_grads = _run_in_batch(lambda q, k: contrastive_loss(q, k, mrl_dims=dims, impl="reference"), base,
+                                        torch.bfloat16)
+    ours, our_grads = _run_in_batch(lambda q, k: contrastive_loss(q, k, mrl_dims=dims, impl="triton",
+                                                                  kernel=settings), base, torch.bfloat16)
+    atol, _ = TOLERANCES[torch.bfloat16]
+    assert (ours.double() - truth).abs() <= (theirs.double() - truth).abs() + atol
+    for g, t, e in zip(our_grads, their_grads, truth_grads, strict=True):
+        assert (g.double() - e).abs().max() <= (t.double() - e).abs().max() + atol

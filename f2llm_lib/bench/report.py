@@ -175,10 +175,12 @@ def largest_batch_lines(rows: list[dict]) -> list[str]:
         capped = fitting and max(fitting) == max(table)
         return f"{max(fitting)}" + (" or more (the search's last)" if capped else "") if fitting else "none"
 
-    lines = [f"One device, F2LLM-style batches (`f2llm bench train --largest-batch {budget:.0f}`, {first['model']} "
-             f"({first['layers']} layers), {first['device']}, {first['precision']}, (2 + {first['negatives']}) texts "
-             f"per query, max length {first['max_length']}, cache pieces of {first['grad_cache_chunk']} texts; peak "
-             f"memory of a two-step run in MB, budget {budget:,.0f} MB): the largest batch that fits is "
+    command = (f"f2llm bench train --models {first['model']}:{first['layers']} --largest-batch {budget:.0f} "
+               f"--negatives {first['negatives']} --max-length {first['max_length']} "
+               f"--grad-cache-chunk {first['grad_cache_chunk']} --search-max {max(int(r['batch']) for r in rows)}")
+    lines = [f"One device, larger batches (`{command}`; `benchmarks/train-cpu-2core/largest_batch.csv`, "
+             f"{first['device']}, {first['precision']}; peak memory of a two-step run in MB, budget {budget:,.0f} MB): "
+             "the largest batch that fits is "
              f"{largest(plain)} queries without gradient caching and {largest(cached)} with it.", "",
              "| queries per step | peak MB, plain | peak MB, gradient caching |", "|---|---|---|"]
     for batch in sorted(set(plain) | set(cached)):

@@ -319,6 +319,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 def _largest_batch_main(args: argparse.Namespace, models: list[tuple[str, int]]) -> int:
     count = args.search_max * 3  # two steps of the largest batch, with room for the loader's drops
     tuples = _read_tuples(args.tuples) if args.tuples else curate_tuples(count)
+    if len(tuples) < 2 * args.search_max:
+        raise SystemExit(f"--largest-batch: {len(tuples)} tuples, fewer than two steps of --search-max "
+                         f"{args.search_max}; pass more with --tuples or lower --search-max")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
