@@ -145,7 +145,7 @@ def update_readme(run_dir: Path | None = None, readme: Path = REPO_ROOT / "READM
                        f"{report['machine']}; all notebooks took {seconds} s (the `cpu` profile: the notebooks' own "
                        "defaults, which are also the `workshop` profile).", "", table, "",
                        *report.get("summary", [])[:1], "", *times, *curve_lines, "",
-                       *report.get("summary", [])[1:], "", README_END])
+                       *[part for line in report.get("summary", [])[1:] for part in (line, "")], README_END])
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         raise ValueError(f"{readme}: add the markers {README_START} and {README_END} where the table goes")
