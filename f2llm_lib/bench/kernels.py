@@ -108,7 +108,8 @@ def record() -> list[dict]:
         module = fused if module_name == "fused" else fused_large_batch
         for name in names:
             setattr(module, name, Recorder(name))
-    runs = [(case, spec, KernelSettings(strategy=spec[0])) for case, spec in CASES.items()]
+    runs = [(case, spec, KernelSettings(strategy=spec[0], segment_levels="one-pass" in case))
+            for case, spec in CASES.items()]
     # the tile shapes the GPU benchmark sweeps (--large-batch-sweep), on the benchmarked case
     runs += [(f"large@{tiles}", CASES["large"], KernelSettings(strategy="large_batch", tiles=tiles))
              for tiles in SWEEP_TILES]
@@ -131,12 +132,12 @@ def record() -> list[dict]:
 
 
 def count_launches(batch: int, dim: int, dims: Sequence[int], dtype: str = "bfloat16",
-                   segment_levels: bool = True) -> dict:
+                   segment_levels: bool = False) -> dict:
     """Launches of one forward + backward of the fused op's large-batch path with B = N = ``batch`` in-batch pairs
     (no hard negatives), counted without running anything: Triton kernels are recorded, GEMMs (every one goes
     through ``fused_large_batch._product_into`` in bf16 and fp32) counted and skipped. Buffer zeroing and
     allocations are not counted. Run it with ``TRITON_INTERPRET=1`` (``--count-launches``): any size fits a CPU.
-    ``segment_levels``: the one-pass MRL backward (True) or one pass per level (False, the earlier path)."""
+    ``segment_levels``: the one-pass MRL backward (True) or one pass per level (False, the default path)."""
     import torch
 
     from ..losses import fused, fused_large_batch
@@ -298,12 +299,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                         "(with TRITON_INTERPRET=1)")
     parser.add_argument("--dim", type=int, default=384, help="with --count-launches: the feature dimension")
     parser.add_argument("--dims", default="64,128,256,384", help="with --count-launches: the MRL prefix dims")
-    parser.add_argument("--per-level", action="store_true",
-                        help="with --count-launches: one backward pass per MRL level (the earlier path)")
+    parser.add_argument("--one-pass", action="store_true",
+                        help="with --count-launches: the one-pass MRL backward (KernelSettings.segment_levels)")
     args = parser.parse_args(argv)
     if args.count_launches:
         print(json.dumps(count_launches(args.count_launches, args.dim, [int(d) for d in args.dims.split(",")],
-                                        segment_levels=not args.per_level)))
+                                        segment_levels=args.one_pass)))
         return 0
     if args.record:
         print(json.dumps(record()))

@@ -19,8 +19,8 @@ glibc's mmap threshold fixed at 1 MiB so that freed blocks leave RSS); GPU peak 
 ``max_memory_allocated`` above the inputs. ``workspace_mb`` = peak minus the gradients returned (which
 every implementation must hold): the "extra memory" of the fused op's large-batch target.
 On a GPU the large regime also runs ``triton-registers`` (the fused op with its small-batch backward forced),
-the baseline for its large-batch path in the same run, and the mrl regime ``triton-per-level`` (one backward
-pass per MRL level), the baseline for its one-pass MRL backward.
+the baseline for its large-batch path in the same run, and the mrl regime ``triton-one-pass`` (one backward
+tile pass for all MRL levels), the candidate timed against the default per-level path.
 """
 
 from __future__ import annotations
@@ -54,10 +54,10 @@ GPU_REFERENCE_MAX = 16384
 # The fused op's rows: its own choice, and its small-batch backward forced (the in-run baseline of the large-batch
 # path). The tile sweep's rows are "triton-large-batch@<TileShape>" (benchmarks before the rename say
 # "triton-scratch@...": the same path).
-# "triton-per-level": the MRL rows' in-run baseline, the large-batch backward with one pass per level (the path
-# before the one-pass rebuild, benchmarks/gpu/h200-2026-11-27).
+# "triton-one-pass": the MRL rows' candidate, the large-batch backward walking each tile once for all levels
+# (KernelSettings.segment_levels), timed beside the default per-level path before it may become the default.
 TRITON_VARIANTS = {"triton": KernelSettings(), "triton-registers": KernelSettings(strategy="registers"),
-                   "triton-per-level": KernelSettings(segment_levels=False)}
+                   "triton-one-pass": KernelSettings(segment_levels=True)}
 LARGE_BATCH_SWEEP = "triton-large-batch"
 
 
@@ -289,7 +289,7 @@ def _impls(device: str, regime: str, batch: int) -> list[str]:
     if regime == "large":
         impls += ["inf-cl", "triton-registers"]
     if regime == "mrl":
-        impls += ["triton-per-level"]
+        impls += ["triton-one-pass"]
     # chunked in the mrl regime only where it takes seconds (2.3 s per call at 32,768 on an H200: 14 s a case)
     return impls + (["chunked"] if regime == "large" or batch <= GPU_REFERENCE_MAX else [])
 

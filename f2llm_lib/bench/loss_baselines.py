@@ -31,8 +31,8 @@ NOTES = {
     "inf-cl": "Inf-CL cal_flash_loss on F.normalize'd inputs, one level, no hard negatives",
     "triton": "ours (fused op, automatic strategy)",
     "triton-registers": "ours, small-batch backward forced (in-run baseline of the large-batch path)",
-    "triton-per-level": "ours, large-batch backward with one pass and one GEMM per MRL level (in-run baseline of "
-                        "the one-pass MRL backward)",
+    "triton-one-pass": "ours, large-batch backward walking each tile once for all MRL levels, one GEMM per prefix "
+                       "segment (candidate; the default is one pass and one GEMM per level)",
     "chunked": "ours, pure PyTorch online log-sum-exp",
     "reference": "ours, eager PyTorch (materialises B x N logits)",
     "compiled": "ours, torch.compile of the eager reference",

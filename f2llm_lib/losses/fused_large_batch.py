@@ -22,8 +22,8 @@ One GEMM per segment (H_s times that segment's columns) then costs one full-widt
 sum_l d_l / d of it per level (2.2x at 64/128/256/384). The key-normalisation term needs each level's
 k_j . (G'_l Q)_j, which no segment GEMM holds any more: the tile kernel sums G'_l * raw_dot_l per key instead.
 The L slots share the scratch, so chunks are L times smaller (at least one tile: 64 MiB at 65,536 keys and four
-levels); ``python -m f2llm_lib.bench.kernels --count-launches 65536`` counts 6,148 launches against the per-level
-path's 5,380 (``--per-level``): fewer, fuller tile kernels, more and smaller GEMMs.
+levels); ``python -m f2llm_lib.bench.kernels --count-launches 65536 --one-pass`` counts 6,148 launches against the
+per-level path's 5,380: fewer, fuller tile kernels, more and smaller GEMMs. Off by default until a GPU has timed it.
 
 Layout: kernels, then launchers (``prefix_norms``, ``logit_grad_tiles``, ``segment_grad_tiles``,
 ``query_grad_chunks``, ``key_grads``); ``fused`` calls them.

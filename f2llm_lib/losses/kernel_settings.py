@@ -68,8 +68,10 @@ class KernelSettings:
     target_programs: programs the forward grid aims for (a few per SM on an H100); tests lower it so that one
         program merges several key blocks.
     segment_levels: with several MRL levels (bf16, fp32), the large-batch backward walks each tile once for all
-        levels and multiplies per prefix segment (one full-width GEMM's work in all); False keeps one pass and one
-        GEMM per level (the earlier path, which the GPU benchmark times beside it).
+        levels and multiplies per prefix segment (one full-width GEMM's work in all, but L gradient slots in the
+        scratch: smaller chunks, more GEMM launches). Off by default until a GPU confirms it in bf16 and times it
+        against the per-level path (the loss benchmark's ``triton-one-pass`` rows); tested against float64 in
+        Triton's interpreter and compiled for sm_90.
     """
 
     strategy: Strategy = "auto"
@@ -77,7 +79,7 @@ class KernelSettings:
     scratch_bytes: int = field(default=32 * 2**20, metadata=_POSITIVE)
     tiles: TileShape = field(default_factory=TileShape, metadata=example("e.g. TileShape.parse('128x64w4s3')"))
     target_programs: int = field(default=512, metadata=_POSITIVE)
-    segment_levels: bool = True
+    segment_levels: bool = False
 
     def __post_init__(self) -> None:
         # a wrong type (e.g. a tile spec string) is a TypeError, a wrong value a ValueError
