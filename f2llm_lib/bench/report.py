@@ -160,7 +160,17 @@ def cpu_section() -> str:
 
 
 def largest_batch_lines(rows: list[dict]) -> list[str]:
-    """The gradient-caching benchmark: per batch tried, the peak memory without and with the cache."""
+    """The gradient-caching benchmark: per model and batch tried, the peak memory without and with the cache."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["layers"]), []).append(row)
+    lines: list[str] = []
+    for group in groups.values():
+        lines += ([""] if lines else []) + _largest_batch_table(group)
+    return lines
+
+
+def _largest_batch_table(rows: list[dict]) -> list[str]:
     first = rows[0]
     cached = {int(r["batch"]): r for r in rows if r["grad_cache"] == "True"}
     plain = {int(r["batch"]): r for r in rows if r["grad_cache"] == "False"}
@@ -175,7 +185,8 @@ def largest_batch_lines(rows: list[dict]) -> list[str]:
         capped = fitting and max(fitting) == max(table)
         return f"{max(fitting)}" + (" or more (the search's last)" if capped else "") if fitting else "none"
 
-    command = (f"f2llm bench train --models {first['model']}:{first['layers']} --largest-batch {budget:.0f} "
+    layers = 0 if first["layers"] == "all" else first["layers"]  # the command line's spelling of every layer
+    command = (f"f2llm bench train --models {first['model']}:{layers} --largest-batch {budget:.0f} "
                f"--negatives {first['negatives']} --max-length {first['max_length']} "
                f"--grad-cache-chunk {first['grad_cache_chunk']} --search-max {max(int(r['batch']) for r in rows)}")
     lines = [f"One device, larger batches (`{command}`; `benchmarks/train-cpu-2core/largest_batch.csv`, "

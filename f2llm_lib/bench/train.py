@@ -208,7 +208,8 @@ def largest_batches(model: str, layers: int, data_dir: Path, work: Path, args: a
     for grad_cache in (False, True):
         batch = args.search_start
         while batch <= args.search_max:
-            config = {**_config(model, layers, data_dir, work / f"gc{int(grad_cache)}-b{batch}", args),
+            out = work / f"{_model_label(model).replace('/', '_')}-{layers}-gc{int(grad_cache)}-b{batch}"
+            config = {**_config(model, layers, data_dir, out, args),
                       "per_device_batch": batch, "max_steps": 2, "grad_cache": grad_cache,
                       "grad_cache_chunk": args.grad_cache_chunk}
             peak = peak_memory_of_training(config, args.device)
@@ -219,6 +220,19 @@ def largest_batches(model: str, layers: int, data_dir: Path, work: Path, args: a
                 break
             batch *= 2
     return rows
+
+
+def _model_label(model: str) -> str:
+    """A folder's name, or the spec itself (a hub id, a built-in name)."""
+    return Path(model).name if Path(model).exists() else model
+
+
+def _tokenized(model: str, tuples: list[TrainingTuple], work: Path, max_length: int) -> Path:
+    """The tuples tokenized with ``model``'s own tokenizer into a folder under ``work``."""
+    data_dir = work / f"data-{_model_label(model).replace('/', '_')}"
+    if not data_dir.exists():
+        write_training_files({"pycode_retrieval": tuples}, load_tokenizer(model), data_dir, max_length)
+    return data_dir
 
 
 def curate_tuples(count: int) -> list[TrainingTuple]:
@@ -289,8 +303,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for model, layers in models:
-            data_dir = work / f"data-{len(rows)}"
-            write_training_files({"pycode_retrieval": tuples}, load_tokenizer(model), data_dir, args.max_length)
+            data_dir = _tokenized(model, tuples, work, args.max_length)
             runs = [("f2llm_lib trainer", _ours(model, layers, data_dir, work, args)),
                     ("f2llm_lib trainer, one pad length (F2LLM's released collate)",
                      _ours(model, layers, data_dir, work, args, padding="single"))]
@@ -300,7 +313,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             assert_like_for_like(runs, args)
             baseline = runs[-1][1]["tokens_per_second"]
             for name, values in runs:
-                row = {"model": Path(model).name if Path(model).exists() else model, "layers": layers or "all",
+                row = {"model": _model_label(model), "layers": layers or "all",
                        "trainer": name, "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
                        "precision": args.precision, "batch": args.batch, "negatives": args.negatives,
                        "max_length": args.max_length, "steps": args.steps,
@@ -326,10 +339,9 @@ def _largest_batch_main(args: argparse.Namespace, models: list[tuple[str, int]])
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for model, layers in models:
-            data_dir = work / f"data-{Path(model).name}-{layers}"
-            write_training_files({"pycode_retrieval": tuples}, load_tokenizer(model), data_dir, args.max_length)
+            data_dir = _tokenized(model, tuples, work, args.max_length)
             for trial in largest_batches(model, layers, data_dir, work, args):
-                rows.append({"model": Path(model).name if Path(model).exists() else model, "layers": layers or "all",
+                rows.append({"model": _model_label(model), "layers": layers or "all",
                              "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
                              "precision": args.precision, "negatives": args.negatives,
                              "max_length": args.max_length, "budget_mb": args.largest_batch,

@@ -73,6 +73,37 @@ def _prefix_norms_kernel(
 
 
 @triton.jit
+def _level_softmax_grad(
+    raw_dot,  # [BLOCK_M, BLOCK_N] fp32 raw prefix dot products of the tile at this level
+    query_norms_ptr,  # [L, B] fp32 prefix norms of the queries
+    key_norms_ptr,  # [L, N] fp32 prefix norms of the keys
+    lse_ptr,  # [L, B] fp32 in-batch log-sum-exp per level
+    is_label,  # [BLOCK_M, BLOCK_N] fp32: 1 where the key is the query's positive
+    valid,  # [BLOCK_M, BLOCK_N] both rows exist
+    query_rows,  # [BLOCK_M] query indices
+    key_rows,  # [BLOCK_N] key indices
+    query_mask,  # [BLOCK_M]
+    key_mask,  # [BLOCK_N]
+    level,  # which MRL level
+    num_queries,  # B
+    num_keys,  # N
+    inv_temperature,  # 1 / tau
+):
+    """dL/dlogit / (w / B) = softmax - label on one tile at one level (0 outside), and the gradient factors of the
+    queries and keys at that level: 1 / norm, 0 for a (near-)zero vector, whose direction is undefined."""
+    query_norm = tl.load(query_norms_ptr + level * num_queries + query_rows, mask=query_mask, other=1.0)
+    key_norm = tl.load(key_norms_ptr + level * num_keys + key_rows, mask=key_mask, other=1.0)
+    inv_query_norm = 1.0 / tl.maximum(query_norm, EPS)
+    inv_key_norm = 1.0 / tl.maximum(key_norm, EPS)
+    logits = raw_dot * inv_query_norm[:, None] * inv_key_norm[None, :] * inv_temperature
+    lse = tl.load(lse_ptr + level * num_queries + query_rows, mask=query_mask, other=0.0)
+    grad = tl.where(valid, tl.exp(logits - lse[:, None]) - is_label, 0.0)
+    query_factor = tl.where(query_norm >= EPS, inv_query_norm, 0.0)
+    key_factor = tl.where(key_norm >= EPS, inv_key_norm, 0.0)
+    return grad, query_factor, key_factor
+
+
+@triton.jit
 def _logit_grad_tile_kernel(
     query_ptr,  # [B, D] queries
     key_ptr,  # [N, D] keys (gathered positives, then shared negatives)
@@ -118,18 +149,12 @@ def _logit_grad_tile_kernel(
     for d0 in range(0, end, BLOCK_D):
         q, k = load_pair(query_ptr, key_ptr, query_rows, key_rows, query_mask, key_mask, d0, end, dim, BLOCK_D)
         raw_dot = dot(q, tl.trans(k), raw_dot, IEEE)
-    query_norm = tl.load(query_norms_ptr + level * num_queries + query_rows, mask=query_mask, other=1.0)
-    key_norm = tl.load(key_norms_ptr + level * num_keys + key_rows, mask=key_mask, other=1.0)
-    inv_query_norm = 1.0 / tl.maximum(query_norm, EPS)
-    inv_key_norm = 1.0 / tl.maximum(key_norm, EPS)
-    logits = raw_dot * inv_query_norm[:, None] * inv_key_norm[None, :] * inv_temperature
-    lse = tl.load(lse_ptr + level * num_queries + query_rows, mask=query_mask, other=0.0)
     labels = tl.load(labels_ptr + query_rows, mask=query_mask, other=-1)
     valid = query_mask[:, None] & key_mask[None, :]
     is_label = (key_rows[None, :] == labels[:, None]).to(tl.float32)
-    grad = tl.where(valid, tl.exp(logits - lse[:, None]) - is_label, 0.0)
-    query_factor = tl.where(query_norm >= EPS, inv_query_norm, 0.0)  # a zero vector gets no gradient
-    key_factor = tl.where(key_norm >= EPS, inv_key_norm, 0.0)
+    grad, query_factor, key_factor = _level_softmax_grad(
+        raw_dot, query_norms_ptr, key_norms_ptr, lse_ptr, is_label, valid, query_rows, key_rows, query_mask, key_mask,
+        level, num_queries, num_keys, inv_temperature)
     if TRANSPOSED:
         grad = grad * (query_factor * inv_temperature)[:, None]
         if FOLD:
@@ -203,15 +228,9 @@ def _segment_grad_tile_kernel(
             q, k = load_pair(query_ptr, key_ptr, query_rows, key_rows, query_mask, key_mask, d0, end, dim, BLOCK_D)
             raw_dot = dot(q, tl.trans(k), raw_dot, IEEE)
         start = end
-        query_norm = tl.load(query_norms_ptr + level * num_queries + query_rows, mask=query_mask, other=1.0)
-        key_norm = tl.load(key_norms_ptr + level * num_keys + key_rows, mask=key_mask, other=1.0)
-        inv_query_norm = 1.0 / tl.maximum(query_norm, EPS)
-        inv_key_norm = 1.0 / tl.maximum(key_norm, EPS)
-        logits = raw_dot * inv_query_norm[:, None] * inv_key_norm[None, :] * inv_temperature
-        lse = tl.load(lse_ptr + level * num_queries + query_rows, mask=query_mask, other=0.0)
-        grad = tl.where(valid, tl.exp(logits - lse[:, None]) - is_label, 0.0)
-        query_factor = tl.where(query_norm >= EPS, inv_query_norm, 0.0)  # a zero vector gets no gradient
-        key_factor = tl.where(key_norm >= EPS, inv_key_norm, 0.0)
+        grad, query_factor, key_factor = _level_softmax_grad(
+            raw_dot, query_norms_ptr, key_norms_ptr, lse_ptr, is_label, valid, query_rows, key_rows, query_mask,
+            key_mask, level, num_queries, num_keys, inv_temperature)
         scale = tl.load(level_scales_ptr + level) * inv_temperature
         grad = grad * (query_factor * scale)[:, None] * key_factor[None, :]
         running += grad
